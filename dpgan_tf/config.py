@@ -1,0 +1,143 @@
+"""Training configuration and the checks that need no data.
+
+`train.py` turns flags into a TrainConfig; `validate()` rejects bad values
+before anything is read or written, with a message naming the flag.
+"""
+
+import dataclasses
+from typing import Optional
+
+from dpgan_tf import data as data_lib
+from dpgan_tf import dp_gradients
+from dpgan_tf import losses
+from dpgan_tf import privacy
+
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run depends on (see train.py for the flags)."""
+  dataset: str = 'fashion_mnist'
+  model_dir: str = ''
+  export_dir: Optional[str] = None
+  data_dir: Optional[str] = None
+  manual_dir: Optional[str] = None
+  max_train_examples: Optional[int] = None
+  # Privacy.
+  target_epsilon: Optional[float] = None
+  noise_multiplier: Optional[float] = None
+  delta: float = 1e-5
+  l2_norm_clip: float = 1.0
+  batch_size: int = 64
+  num_microbatches: Optional[int] = None
+  sampling: str = 'poisson'
+  grad_engine: str = 'vectorized'
+  chunk_size: int = 128
+  # GAN.
+  epochs: float = 1.0
+  n_critic: int = 1
+  loss: str = 'hinge'
+  gp_weight: float = 10.0
+  critic_weight_clip: float = 0.0
+  latent_dim: int = 64
+  generator_width: int = 64
+  critic_width: int = 32
+  generator_lr: float = 2e-4
+  critic_lr: float = 2e-4
+  beta_1: float = 0.5
+  beta_2: float = 0.999
+  seed: Optional[int] = None
+  # Monitoring and output.
+  checkpoint_every: int = 200
+  sample_every: int = 200
+  log_every: int = 50
+  keep_checkpoints: int = 3
+  nonprivate_diagnostics: bool = False
+  strategy: str = 'default'
+
+  @property
+  def microbatch_size(self) -> int:
+    if self.num_microbatches is None:
+      return 1
+    return self.batch_size // self.num_microbatches
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def validate(c: TrainConfig) -> None:
+  """Raises ValueError naming the flag for any value that cannot work."""
+  data_lib.get_spec(c.dataset)
+  _require(bool(c.model_dir), '--model_dir is required (checkpoints and '
+           'TensorBoard logs go there).')
+  _require(c.target_epsilon is not None or c.noise_multiplier is not None,
+           'set --target_epsilon (sigma is calibrated to it) or '
+           '--noise_multiplier (epsilon is reported).')
+  if c.target_epsilon is not None:
+    _require(c.target_epsilon > 0, f'--target_epsilon={c.target_epsilon} must '
+             'be > 0.')
+  if c.noise_multiplier is not None:
+    _require(c.noise_multiplier > 0, f'--noise_multiplier='
+             f'{c.noise_multiplier} must be > 0 (no noise means no privacy).')
+  _require(0 < c.delta < 1, f'--delta={c.delta} must be in (0, 1/N).')
+  _require(c.l2_norm_clip > 0, f'--l2_norm_clip={c.l2_norm_clip} must be > 0.')
+  _require(c.batch_size >= 1, f'--batch_size={c.batch_size} must be >= 1.')
+  if c.max_train_examples is not None:
+    _require(c.max_train_examples >= 1,
+             f'--max_train_examples={c.max_train_examples} must be >= 1.')
+  _require(c.sampling in privacy.SAMPLING_METHODS,
+           f'--sampling={c.sampling!r}: choose one of '
+           f'{privacy.SAMPLING_METHODS}.')
+  _require(c.grad_engine in dp_gradients.GRAD_ENGINES,
+           f'--grad_engine={c.grad_engine!r}: choose one of '
+           f'{dp_gradients.GRAD_ENGINES}.')
+  if c.num_microbatches is not None:
+    _require(c.num_microbatches >= 1 and c.batch_size % c.num_microbatches == 0,
+             f'--num_microbatches={c.num_microbatches} must divide '
+             f'--batch_size={c.batch_size}.')
+    _require(c.sampling == 'shuffle' or c.microbatch_size == 1,
+             f'--num_microbatches={c.num_microbatches} groups several examples '
+             'per microbatch, which needs fixed-size batches: use '
+             '--sampling=shuffle, or leave --num_microbatches unset for one '
+             'example per microbatch.')
+  _require(c.loss in losses.CRITIC_LOSSES,
+           f'--loss={c.loss!r}: choose one of {losses.CRITIC_LOSSES}.')
+  if c.loss == 'wasserstein':
+    _require(c.critic_weight_clip > 0, '--loss=wasserstein needs '
+             '--critic_weight_clip > 0 (the WGAN Lipschitz constraint).')
+  _require(c.critic_weight_clip >= 0,
+           f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
+  _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
+  _require(c.n_critic >= 1, f'--n_critic={c.n_critic} must be >= 1.')
+  _require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
+  for name in ('checkpoint_every', 'sample_every', 'log_every',
+               'keep_checkpoints', 'latent_dim', 'generator_width',
+               'critic_width'):
+    _require(getattr(c, name) >= 1,
+             f'--{name}={getattr(c, name)} must be >= 1.')
+  for name in ('generator_lr', 'critic_lr'):
+    _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
+  for name in ('beta_1', 'beta_2'):
+    _require(0 <= getattr(c, name) < 1,
+             f'--{name}={getattr(c, name)} must be in [0, 1).')
+  if c.seed is not None:
+    _require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
+  _require(c.strategy in STRATEGIES,
+           f'--strategy={c.strategy!r}: choose one of {STRATEGIES}.')
+  _require(c.strategy == 'default' or c.grad_engine == 'vectorized',
+           f'--strategy={c.strategy} needs --grad_engine=vectorized (the '
+           'jacobian path would add noise on every replica).')
+
+
+def validate_against_data(c: TrainConfig, dataset_size: int) -> None:
+  """Checks that depend on N, the number of training examples."""
+  _require(c.batch_size <= dataset_size,
+           f'--batch_size={c.batch_size} is larger than the training set '
+           f'({dataset_size} examples).')
+  _require(c.delta < 1.0 / dataset_size,
+           f'--delta={c.delta} must be below 1/N = {1.0 / dataset_size:.3g} '
+           f'(N={dataset_size} training examples): a larger delta allows '
+           'releasing whole examples.')

@@ -1,0 +1,194 @@
+"""Labelled image datasets, held in memory as uint8 for private sampling.
+
+DP-SGD's guarantee assumes each critic step sees a *random subsample* of the
+training set (Poisson sampling: every example independently with probability
+q). That needs random access to the whole training set, so a split is loaded
+once into memory as uint8 (4x smaller than float) and batches are gathered by
+index; see `sampling.py`.
+
+Datasets come from TensorFlow Datasets. `manual_dir` prepares MNIST and
+Fashion-MNIST offline from the four IDX files (on Debian, Fashion-MNIST is the
+package `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist).
+"""
+
+import dataclasses
+import gzip
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the networks need to know about a dataset."""
+  name: str
+  tfds_name: str
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  class_names: Tuple[str, ...]
+  # Files that must be in --manual_dir for offline preparation (None: tfds's
+  # own manual instructions apply).
+  manual_files: Optional[Tuple[str, ...]] = None
+
+
+_IDX_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+              't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+
+DATASETS = {
+    'mnist': DatasetSpec('mnist', 'mnist', (28, 28, 1), 10,
+                         tuple(str(i) for i in range(10)), _IDX_FILES),
+    'fashion_mnist': DatasetSpec(
+        'fashion_mnist', 'fashion_mnist', (28, 28, 1), 10,
+        ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
+         'Shirt', 'Sneaker', 'Bag', 'Ankle boot'), _IDX_FILES),
+    'cifar10': DatasetSpec(
+        'cifar10', 'cifar10', (32, 32, 3), 10,
+        ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+         'horse', 'ship', 'truck')),
+    # CelebA: the binary attribute CELEB_A_ATTRIBUTE is the class.
+    'celeb_a': DatasetSpec('celeb_a', 'celeb_a', (64, 64, 3), 2,
+                           ('not Male', 'Male')),
+    'celeb_a32': DatasetSpec('celeb_a32', 'celeb_a', (32, 32, 3), 2,
+                             ('not Male', 'Male')),
+}
+CELEB_A_ATTRIBUTE = 'Male'
+
+
+class DataError(ValueError):
+  """A dataset could not be read; the message names the file or flag."""
+
+
+@dataclasses.dataclass
+class LabeledImages:
+  """A split in memory: uint8 images [N, H, W, C] and int32 labels [N]."""
+  images: np.ndarray
+  labels: np.ndarray
+  spec: DatasetSpec
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def get_spec(dataset: str) -> DatasetSpec:
+  if dataset not in DATASETS:
+    raise DataError(f'--dataset={dataset!r} is not supported; choose one of '
+                    f'{sorted(DATASETS)}.')
+  return DATASETS[dataset]
+
+
+def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
+  """Fails with a message naming the file when the raw files are unusable.
+
+  tfds would otherwise fail deep inside preparation (or, worse, succeed on a
+  truncated file and silently train on fewer examples).
+  """
+  if not os.path.isdir(manual_dir):
+    raise DataError(f'--manual_dir={manual_dir} is not a directory.')
+  if spec.manual_files is None:
+    return
+  for name in spec.manual_files:
+    path = os.path.join(manual_dir, name)
+    if not os.path.isfile(path):
+      raise DataError(f'--manual_dir: {path} is missing (expected the four '
+                      f'IDX files {", ".join(spec.manual_files)}).')
+    _check_idx_file(path)
+
+
+def _check_idx_file(path: str) -> None:
+  """Verifies an IDX(.gz) file's header against its length."""
+  try:
+    with gzip.open(path, 'rb') as f:
+      data = f.read()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f'--manual_dir: {path} is empty or corrupt ({e}).') from e
+  if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+    raise DataError(f'--manual_dir: {path} is not an IDX uint8 file.')
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise DataError(f'--manual_dir: {path} is truncated (short header).')
+  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+  if len(data) != header + int(np.prod(dims)):
+    raise DataError(f'--manual_dir: {path} is truncated or corrupt: header '
+                    f'says {dims}, file holds {len(data) - header} bytes of '
+                    'data.')
+
+
+def _center_crop_resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """CelebA's faces sit in the centre 140x140 of the 218x178 frames."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  crop = 140
+  image = tf.image.crop_to_bounding_box(image, (h - crop) // 2, (w - crop) // 2,
+                                        crop, crop)
+  image = tf.image.resize(image, (size, size), antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def load_split(dataset: str,
+               split: str,
+               data_dir: Optional[str] = None,
+               manual_dir: Optional[str] = None,
+               max_examples: Optional[int] = None) -> LabeledImages:
+  """Loads `split` ('train' or 'test') of `dataset` into memory.
+
+  Args:
+    dataset: a key of DATASETS.
+    split: tfds split name.
+    data_dir: the tfds directory (None: tfds's default).
+    manual_dir: raw files for offline preparation.
+    max_examples: keep only the first K examples (smoke runs).
+
+  Returns:
+    LabeledImages with uint8 images and int32 labels.
+  """
+  spec = get_spec(dataset)
+  if manual_dir:
+    check_manual_dir(spec, manual_dir)
+  tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
+  kwargs = {}
+  if manual_dir:
+    kwargs['download_and_prepare_kwargs'] = {
+        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)
+    }
+  tfds.disable_progress_bar()
+  try:
+    ds = tfds.load(spec.tfds_name, split=tfds_split,
+                   data_dir=data_dir, shuffle_files=False, **kwargs)
+  except Exception as e:  # tfds raises many unrelated types here.
+    where = f'--manual_dir={manual_dir}' if manual_dir else (
+        f'--data_dir={data_dir}')
+    raise DataError(f'could not load {dataset}/{split} ({where}): '
+                    f'{type(e).__name__}: {e}') from e
+
+  if spec.tfds_name == 'celeb_a':
+    size = spec.image_shape[0]
+    ds = ds.map(lambda ex: (_center_crop_resize(ex['image'], size),
+                            tf.cast(ex['attributes'][CELEB_A_ATTRIBUTE],
+                                    tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+  images, labels = [], []
+  for x, y in ds.batch(4096).as_numpy_iterator():
+    images.append(x)
+    labels.append(y)
+  if not images:
+    raise DataError(f'{dataset}/{split} is empty.')
+  images = np.concatenate(images)
+  if images.shape[1:] != spec.image_shape:
+    raise DataError(f'{dataset}/{split}: images have shape {images.shape[1:]}, '
+                    f'expected {spec.image_shape}.')
+  return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
+
+
+def to_model_range(images) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [-1, 1], the generator's tanh range."""
+  return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def to_unit_range(images) -> tf.Tensor:
+  """float32 [-1, 1] -> float32 [0, 1], the exported image range."""
+  return tf.clip_by_value((images + 1.0) / 2.0, 0.0, 1.0)

@@ -1,0 +1,127 @@
+"""The generator as a TF Serving SavedModel that carries its privacy guarantee.
+
+Layout: `<export_dir>/<version>/` with numeric versions (TF Serving serves
+the highest). A version is written to a hidden temporary directory and renamed
+into place, so a crash mid-export never leaves a half-written version for a
+server to load, and an existing version is never overwritten.
+
+Only the generator is exported: it is the released, post-processed output of
+the private training. The critic, which read real data, stays in the
+checkpoints.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional
+
+import tensorflow as tf
+
+from dpgan_tf import data as data_lib
+
+METADATA_FILE = 'dpgan.json'
+_VERSION = re.compile(r'^\d+$')
+
+
+class ExportError(ValueError):
+  """An export directory is missing or unusable; names the path."""
+
+
+class GeneratorServingModule(tf.Module):
+  """The exported object: two signatures over the generator."""
+
+  def __init__(self, generator: tf.keras.Model, latent_dim: int,
+               metadata_path: str):
+    super().__init__(name='dpgan_generator')
+    self.generator = generator
+    self.latent_dim = latent_dim
+    self.metadata = tf.saved_model.Asset(metadata_path)
+    self.serve = tf.function(self._serve, input_signature=[
+        tf.TensorSpec([None, latent_dim], tf.float32, name='noise'),
+        tf.TensorSpec([None], tf.int32, name='labels')])
+    self.generate = tf.function(self._generate, input_signature=[
+        tf.TensorSpec([None], tf.int32, name='labels'),
+        tf.TensorSpec([], tf.int64, name='seed')])
+
+  def _serve(self, noise, labels):
+    """noise [N, latent_dim], labels [N] -> images [N, H, W, C] in [0, 1]."""
+    return {'images': data_lib.to_unit_range(
+        self.generator([noise, labels], training=False))}
+
+  def _generate(self, labels, seed):
+    """labels [N], seed -> images; noise from a stateless RNG keyed by seed."""
+    noise = tf.random.stateless_normal(
+        [tf.shape(labels)[0], self.latent_dim],
+        tf.stack([seed, tf.zeros([], tf.int64)]))
+    return self._serve(noise, labels)
+
+
+def list_versions(export_dir: str):
+  if not os.path.isdir(export_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(export_dir) if _VERSION.match(n))
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+  """Fails early, naming the flag, if `path` cannot hold our outputs."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ExportError(f'{flag}={path} is a file, not a directory.')
+  existing = path
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing or '.', os.W_OK | os.X_OK):
+    raise ExportError(f'{flag}={path} is not writable.')
+
+
+def export_generator(generator: tf.keras.Model, export_dir: str,
+                     latent_dim: int, metadata: dict) -> str:
+  """Writes a new version under export_dir; returns its path."""
+  os.makedirs(export_dir, exist_ok=True)
+  versions = list_versions(export_dir)
+  version = (versions[-1] + 1) if versions else 1
+  staging = tempfile.mkdtemp(prefix='.incomplete-', dir=export_dir)
+  try:
+    metadata_path = os.path.join(staging, METADATA_FILE)
+    with open(metadata_path, 'w') as f:
+      json.dump(metadata, f, indent=2, sort_keys=True)
+    module = GeneratorServingModule(generator, latent_dim, metadata_path)
+    model_path = os.path.join(staging, 'model')
+    tf.saved_model.save(module, model_path, signatures={
+        'serving_default': module.serve,
+        'generate': module.generate,
+    })
+    final = os.path.join(export_dir, str(version))
+    os.rename(model_path, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return final
+
+
+def resolve_version_dir(path: str) -> str:
+  """A version directory, or its parent meaning the newest version."""
+  if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+    return path
+  versions = list_versions(path)
+  if not versions:
+    raise ExportError(f'--export_dir={path} holds no exported model (expected '
+                      'saved_model.pb or numeric version directories).')
+  return os.path.join(path, str(versions[-1]))
+
+
+def read_metadata(version_dir: str) -> dict:
+  path = os.path.join(version_dir, 'assets', METADATA_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ExportError(f'{path} is missing or unreadable: {e}') from e
+
+
+def latest_metadata(export_dir: str) -> Optional[dict]:
+  """Metadata of the newest version, or None if there is none."""
+  versions = list_versions(export_dir)
+  if not versions:
+    return None
+  return read_metadata(os.path.join(export_dir, str(versions[-1])))

@@ -1,0 +1,98 @@
+"""Conditional DCGAN generator and critic, sized from the image shape.
+
+The critic is the only network that touches private data, so it must not mix
+examples: no batch norm (it normalises with batch statistics, which breaks
+per-example clipping and leaks other examples into each gradient). Its class
+conditioning is a projection (Miyato & Koyama, 2018): score = w.h + <e_y, h>,
+with e_y a row of a dense layer over the one-hot label. A dense layer gives
+dense per-example gradients, where an Embedding's would be IndexedSlices.
+
+The generator never sees real data, but its samples are paired one-to-one
+with real examples inside each critic update, and each pair is one clipped
+record. Batch norm in the generator would make every fake depend on the whole
+(data-dependent, Poisson-sized) batch, so that adding one real example changes
+every record. The generator therefore normalises per example, with ProGAN's
+pixel norm (Karras et al., 2018), which was designed to stand in for batch
+norm in generators.
+"""
+
+from typing import Tuple
+
+import tensorflow as tf
+
+keras = tf.keras
+
+
+class PixelNorm(keras.layers.Layer):
+  """Scales each pixel's feature vector to unit RMS, per example."""
+
+  def call(self, x):
+    return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True) +
+                             1e-8)
+
+
+def _num_upsamplings(image_shape: Tuple[int, int, int]) -> int:
+  height, width, _ = image_shape
+  if height != width or height not in (28, 32, 64):
+    raise ValueError(f'image shape {image_shape} is not supported; the '
+                     'networks are built for 28x28, 32x32 and 64x64 images.')
+  return 2 if height <= 32 else 3
+
+
+def build_generator(image_shape: Tuple[int, int, int],
+                    num_classes: int,
+                    latent_dim: int = 64,
+                    width: int = 64) -> keras.Model:
+  """Generator: (noise [B, latent_dim], labels [B]) -> images [B, H, W, C].
+
+  Images come out of a tanh, in [-1, 1]. The label embedding is concatenated
+  to the noise, then a dense layer feeds a stack of stride-2 transposed
+  convolutions, each doubling the resolution. Every output depends on its own
+  (noise, label) only (see module doc).
+  """
+  num_up = _num_upsamplings(image_shape)
+  height, _, channels = image_shape
+  start = height // 2**num_up
+  noise = keras.Input((latent_dim,), name='noise')
+  labels = keras.Input((), dtype=tf.int32, name='labels')
+  embedded = keras.layers.Embedding(num_classes, latent_dim,
+                                    name='label_embedding')(labels)
+  x = keras.layers.Concatenate()([noise, embedded])
+  filters = width * 2**num_up
+  x = keras.layers.Dense(start * start * filters)(x)
+  x = keras.layers.Reshape((start, start, filters))(x)
+  x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
+  for _ in range(num_up - 1):
+    filters //= 2
+    x = keras.layers.Conv2DTranspose(filters, 4, 2, 'same')(x)
+    x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
+  x = keras.layers.Conv2DTranspose(channels, 4, 2, 'same')(x)
+  images = keras.layers.Activation('tanh', name='images')(x)
+  return keras.Model([noise, labels], images, name='generator')
+
+
+def build_critic(image_shape: Tuple[int, int, int],
+                 num_classes: int,
+                 width: int = 32) -> keras.Model:
+  """Critic: (images [B, H, W, C] in [-1, 1], labels [B]) -> scores [B].
+
+  Stride-2 convolutions with LeakyReLU, no normalisation (see module doc),
+  then a projection head. Every output depends on its own example only.
+  """
+  num_down = _num_upsamplings(image_shape)
+  images = keras.Input(image_shape, name='images')
+  labels = keras.Input((), dtype=tf.int32, name='labels')
+  x = images
+  for i in range(num_down):
+    x = keras.layers.Conv2D(width * 2**i, 4, 2, 'same')(x)
+    x = keras.layers.LeakyReLU(0.2)(x)
+  features = keras.layers.Flatten()(x)
+  unconditional = keras.layers.Dense(1, name='score')(features)
+  one_hot = tf.one_hot(labels, num_classes)
+  class_embedding = keras.layers.Dense(features.shape[-1], use_bias=False,
+                                       name='class_projection')(one_hot)
+  projection = tf.reduce_sum(class_embedding * features, axis=-1,
+                             keepdims=True)
+  scores = keras.layers.Flatten(name='scores')(unconditional + projection)
+  scores = keras.layers.Reshape(())(scores)
+  return keras.Model([images, labels], scores, name='critic')

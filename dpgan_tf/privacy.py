@@ -1,0 +1,225 @@
+"""The privacy side of training: accounting, the ledger, and the DP optimizer.
+
+Every critic update is one application of the subsampled Gaussian mechanism:
+a batch drawn with sampling rate q, per-microbatch gradients clipped to L2 norm
+C, summed, and Gaussian noise of standard deviation sigma*C added. The RDP
+accountant (dp_accounting, the library behind TF-Privacy) composes these.
+Generator updates read no real data and are post-processing: they cost
+nothing.
+
+Microbatches of more than one example: the guarantee is stated for adding or
+removing one *example*. Adding an example to an existing microbatch moves that
+microbatch's clipped gradient anywhere in the ball of radius C, a change of up
+to 2C, so the mechanism's noise multiplier is sigma/2 for accounting. With one
+example per microbatch (the default) it is sigma.
+"""
+
+from typing import Optional
+
+import dp_accounting
+from dp_accounting.rdp import rdp_privacy_accountant
+import numpy as np
+import tensorflow as tf
+import tensorflow_privacy
+from tensorflow_privacy.privacy.dp_query import gaussian_query
+
+ACCOUNTANT = 'rdp'
+SAMPLING_METHODS = ('poisson', 'shuffle')
+
+
+def effective_noise_multiplier(noise_multiplier: float,
+                               microbatch_size: int) -> float:
+  """sigma for accounting: sensitivity is C per example, 2C per shared microbatch."""
+  return noise_multiplier if microbatch_size == 1 else noise_multiplier / 2.0
+
+
+def dp_event(noise_multiplier: float, sampling_probability: float,
+             steps: int, microbatch_size: int = 1) -> dp_accounting.DpEvent:
+  """The DpEvent of `steps` critic updates."""
+  sigma = effective_noise_multiplier(noise_multiplier, microbatch_size)
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          sampling_probability, dp_accounting.GaussianDpEvent(sigma)), steps)
+
+
+def compute_epsilon(noise_multiplier: float, sampling_probability: float,
+                    steps: int, delta: float, microbatch_size: int = 1) -> float:
+  """epsilon after `steps` critic updates, by the RDP accountant."""
+  if steps == 0:
+    return 0.0
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant.compose(dp_event(noise_multiplier, sampling_probability, steps,
+                              microbatch_size))
+  return float(accountant.get_epsilon(delta))
+
+
+class EpsilonCurve:
+  """epsilon(t) for t = 0..T critic steps, from one RDP computation.
+
+  RDP composes linearly: t steps cost t times the RDP of one step at every
+  order. Computing one step's RDP once makes epsilon at every step cheap
+  enough to report after each update.
+  """
+
+  def __init__(self, noise_multiplier, sampling_probability, delta,
+               microbatch_size=1):
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event(noise_multiplier, sampling_probability, 1,
+                                microbatch_size))
+    self._orders = np.asarray(accountant._orders)  # pylint: disable=protected-access
+    self._rdp_one_step = np.asarray(accountant._rdp)  # pylint: disable=protected-access
+    self._delta = delta
+
+  def __call__(self, steps: int) -> float:
+    if steps == 0:
+      return 0.0
+    eps, _ = rdp_privacy_accountant.compute_epsilon(
+        self._orders, self._rdp_one_step * steps, self._delta)
+    return float(eps)
+
+  def max_steps(self, target_epsilon: float, upper: int) -> int:
+    """The largest t <= upper with epsilon(t) <= target (epsilon grows with t)."""
+    if self(upper) <= target_epsilon:
+      return upper
+    lo, hi = 0, upper  # epsilon(lo) <= target < epsilon(hi)
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      if self(mid) <= target_epsilon:
+        lo = mid
+      else:
+        hi = mid
+    return lo
+
+
+def calibrate_noise_multiplier(target_epsilon: float, delta: float,
+                               sampling_probability: float, steps: int,
+                               microbatch_size: int = 1) -> float:
+  """The smallest sigma whose `steps` updates spend at most target_epsilon."""
+  sigma = dp_accounting.calibrate_dp_mechanism(
+      rdp_privacy_accountant.RdpAccountant,
+      lambda s: dp_event(s, sampling_probability, steps, microbatch_size),
+      target_epsilon, delta,
+      dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
+      tol=1e-4)
+  # calibrate_dp_mechanism returns a value on the safe side of its bracket.
+  assert compute_epsilon(sigma, sampling_probability, steps, delta,
+                         microbatch_size) <= target_epsilon
+  return float(sigma)
+
+
+class PrivacyLedger(tf.Module):
+  """What the guarantee depends on, saved in every checkpoint.
+
+  sigma, q, delta, the sampling scheme, the dataset size and the microbatch
+  size are fixed when a run starts; `critic_steps` counts the critic updates
+  whose results are kept (it is checkpointed together with the weights, so a
+  crash never loses or double-counts a step). epsilon is always computed from
+  these, never tracked separately.
+  """
+
+  def __init__(self, noise_multiplier=0.0, sampling_probability=0.0, delta=0.0,
+               dataset_size=0, microbatch_size=1, l2_norm_clip=0.0,
+               sampling='poisson', dataset=''):
+    super().__init__(name='privacy_ledger')
+    self.noise_multiplier = tf.Variable(noise_multiplier, dtype=tf.float64,
+                                        trainable=False)
+    self.sampling_probability = tf.Variable(sampling_probability,
+                                            dtype=tf.float64, trainable=False)
+    self.delta = tf.Variable(delta, dtype=tf.float64, trainable=False)
+    self.l2_norm_clip = tf.Variable(l2_norm_clip, dtype=tf.float64,
+                                    trainable=False)
+    self.dataset_size = tf.Variable(dataset_size, dtype=tf.int64,
+                                    trainable=False)
+    self.microbatch_size = tf.Variable(microbatch_size, dtype=tf.int64,
+                                       trainable=False)
+    self.sampling = tf.Variable(sampling, dtype=tf.string, trainable=False)
+    self.dataset = tf.Variable(dataset, dtype=tf.string, trainable=False)
+    self.critic_steps = tf.Variable(
+        0, dtype=tf.int64, trainable=False,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def as_dict(self) -> dict:
+    """Plain Python values, for reports and comparisons."""
+    return {
+        'dataset': self.dataset.numpy().decode(),
+        'noise_multiplier': float(self.noise_multiplier.numpy()),
+        'sampling_rate': float(self.sampling_probability.numpy()),
+        'delta': float(self.delta.numpy()),
+        'l2_norm_clip': float(self.l2_norm_clip.numpy()),
+        'dataset_size': int(self.dataset_size.numpy()),
+        'microbatch_size': int(self.microbatch_size.numpy()),
+        'sampling': self.sampling.numpy().decode(),
+        'critic_steps': int(self.critic_steps.numpy()),
+    }
+
+  def curve(self) -> EpsilonCurve:
+    d = self.as_dict()
+    return EpsilonCurve(d['noise_multiplier'], d['sampling_rate'], d['delta'],
+                        d['microbatch_size'])
+
+  def epsilon(self, steps: Optional[int] = None) -> float:
+    d = self.as_dict()
+    return compute_epsilon(d['noise_multiplier'], d['sampling_rate'],
+                           d['critic_steps'] if steps is None else steps,
+                           d['delta'], d['microbatch_size'])
+
+
+def guarantee_statement(ledger: PrivacyLedger) -> str:
+  """One line saying what was spent and how it was accounted."""
+  d = ledger.as_dict()
+  eps = ledger.epsilon()
+  text = (f'({eps:.4g}, {d["delta"]:.3g})-DP for each training example '
+          f'[RDP accountant, sigma={d["noise_multiplier"]:.4g}, '
+          f'q={d["sampling_rate"]:.4g}, {d["critic_steps"]} critic steps, '
+          f'{d["sampling"]} sampling')
+  if d['sampling'] == 'shuffle':
+    text += ('; Poisson accounting applied to shuffled fixed-size batches is '
+             'the common approximation, not a proven bound')
+  return text + ']'
+
+
+class SeededGaussianSumQuery(gaussian_query.GaussianSumQuery):
+  """TF-Privacy's GaussianSumQuery with noise from a stateless RNG.
+
+  The stock query draws noise from a stateful op whose state is not
+  checkpointed: a resumed run would replay the noise of step 0 onwards,
+  adding correlated noise the accountant assumes independent. Here the noise
+  of every critic step is keyed by (run seed, critic step), held in
+  `noise_seed`, which the training step sets before each update. Clipping and
+  summation are the parent's.
+  """
+
+  def __init__(self, l2_norm_clip, stddev, noise_seed: tf.Variable):
+    super().__init__(l2_norm_clip, stddev)
+    self.noise_seed = noise_seed
+
+  def get_noised_result(self, sample_state, global_state):
+    leaves = tf.nest.flatten(sample_state)
+    noised = []
+    for i, v in enumerate(leaves):
+      seed = tf.random.experimental.stateless_fold_in(self.noise_seed, i)
+      noise = tf.random.stateless_normal(tf.shape(v), seed, stddev=tf.cast(
+          global_state.stddev, tf.float32))
+      noised.append(v + tf.cast(noise, v.dtype))
+    event = dp_accounting.GaussianDpEvent(global_state.stddev /
+                                          global_state.l2_norm_clip)
+    return tf.nest.pack_sequence_as(sample_state, noised), global_state, event
+
+
+def make_dp_critic_optimizer(l2_norm_clip: float, noise_multiplier: float,
+                             num_microbatches: Optional[int],
+                             noise_seed: tf.Variable,
+                             **adam_kwargs) -> tf.keras.optimizers.Optimizer:
+  """TF-Privacy's DPKerasAdamOptimizer, with a resumable noise source.
+
+  Built as `DPKerasAdamOptimizer(l2_norm_clip, noise_multiplier,
+  num_microbatches)`, then its Gaussian query is replaced by the seeded one
+  above (same clip and stddev).
+  """
+  optimizer = tensorflow_privacy.DPKerasAdamOptimizer(
+      l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+      num_microbatches=num_microbatches, **adam_kwargs)
+  optimizer._dp_sum_query = SeededGaussianSumQuery(  # pylint: disable=protected-access
+      l2_norm_clip, l2_norm_clip * noise_multiplier, noise_seed)
+  optimizer._global_state = optimizer._dp_sum_query.initial_global_state()  # pylint: disable=protected-access
+  return optimizer

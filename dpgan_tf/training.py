@@ -1,0 +1,281 @@
+"""A private training run from a TrainConfig: plan, resume, fit, export.
+
+Order matters for the guarantee and for not losing work:
+1. Every check that can fail runs before anything is written.
+2. The privacy plan (sigma, q, and the last critic step within budget) is
+   fixed before the first update; a resumed run takes sigma from the ledger in
+   its checkpoint and refuses flags that would change what was promised.
+3. The ledger is checkpointed with the weights; epsilon is always computed
+   from it.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import sys
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_privacy
+
+from dpgan_tf import callbacks as callbacks_lib
+from dpgan_tf import config as config_lib
+from dpgan_tf import data as data_lib
+from dpgan_tf import export as export_lib
+from dpgan_tf import gan
+from dpgan_tf import networks
+from dpgan_tf import privacy
+from dpgan_tf import sampling as sampling_lib
+
+RUN_CONFIG_FILE = 'run_config.json'
+
+
+class ResumeMismatch(ValueError):
+  """A flag differs from the run being resumed; names the flag."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  if name == 'mirrored':
+    return tf.distribute.MirroredStrategy()
+  if name == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Only the chief writes checkpoints, logs and exports."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  return resolver.task_type == 'chief' or (
+      resolver.task_type == 'worker' and resolver.task_id == 0 and
+      'chief' not in resolver.cluster_spec().as_dict())
+
+
+def make_checkpoint(model: gan.ConditionalDPGAN) -> tf.train.Checkpoint:
+  """Both networks, both optimizers, counters, RNG seed and the ledger."""
+  return tf.train.Checkpoint(
+      generator=model.generator, critic=model.critic,
+      d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer,
+      ledger=model.ledger, generator_steps=model.generator_steps,
+      seed=model.seed)
+
+
+def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
+  """The ledger of the latest checkpoint in model_dir, or None."""
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest is None:
+    return None
+  ledger = privacy.PrivacyLedger()
+  tf.train.Checkpoint(ledger=ledger).restore(latest).expect_partial()
+  return ledger
+
+
+def check_resume(c: config_lib.TrainConfig, saved: dict, dataset_size: int):
+  """Refuses flags that change the guarantee of the run being resumed."""
+  expected = {
+      '--dataset': (saved['dataset'], c.dataset),
+      '--l2_norm_clip': (saved['l2_norm_clip'], c.l2_norm_clip),
+      '--delta': (saved['delta'], c.delta),
+      '--sampling': (saved['sampling'], c.sampling),
+      '--max_train_examples (training set size)': (saved['dataset_size'],
+                                                   dataset_size),
+      '--batch_size (sampling rate)': (saved['sampling_rate'],
+                                       c.batch_size / dataset_size),
+      '--num_microbatches (microbatch size)': (saved['microbatch_size'],
+                                               c.microbatch_size),
+  }
+  if c.noise_multiplier is not None:
+    expected['--noise_multiplier'] = (saved['noise_multiplier'],
+                                      c.noise_multiplier)
+  for flag, (was, now) in expected.items():
+    same = math.isclose(was, now, rel_tol=1e-9) if isinstance(
+        was, float) else was == now
+    if not same:
+      raise ResumeMismatch(
+          f'{flag}: the run in --model_dir={c.model_dir} was started with '
+          f'{was!r}, this command gives {now!r}. Resuming would change the '
+          'privacy guarantee; use a new --model_dir or the original value.')
+
+
+def _write_json_atomically(path: str, payload: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
+                    spec: data_lib.DatasetSpec) -> dict:
+  d = ledger.as_dict()
+  return {
+      'dataset': c.dataset,
+      'image_shape': list(spec.image_shape),
+      'num_classes': spec.num_classes,
+      'class_names': list(spec.class_names),
+      'latent_dim': c.latent_dim,
+      'epsilon': ledger.epsilon(),
+      'delta': d['delta'],
+      'noise_multiplier': d['noise_multiplier'],
+      'sampling_rate': d['sampling_rate'],
+      'sampling': d['sampling'],
+      'critic_steps': d['critic_steps'],
+      'accountant': privacy.ACCOUNTANT,
+      'l2_norm_clip': d['l2_norm_clip'],
+      'microbatch_size': d['microbatch_size'],
+      'batch_size': c.batch_size,
+      'dataset_size': d['dataset_size'],
+      'guarantee': privacy.guarantee_statement(ledger),
+      'tensorflow_version': tf.__version__,
+      'tensorflow_privacy_version': tensorflow_privacy.__version__,
+  }
+
+
+@dataclasses.dataclass
+class TrainResult:
+  epsilon: float
+  critic_steps: int
+  generator_steps: int
+  export_path: Optional[str]
+  stopped_by_budget: bool
+  message: str
+
+
+def train(c: config_lib.TrainConfig) -> TrainResult:
+  """Runs (or resumes) training as configured; see module doc."""
+  config_lib.validate(c)
+  export_lib.check_writable_dir(c.model_dir, '--model_dir')
+  if c.export_dir:
+    export_lib.check_writable_dir(c.export_dir, '--export_dir')
+  spec = data_lib.get_spec(c.dataset)
+  train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
+                                    c.manual_dir, c.max_train_examples)
+  n = len(train_split)
+  config_lib.validate_against_data(c, n)
+
+  saved = read_saved_ledger(c.model_dir)
+  sampler_probe = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
+                                                  c.sampling, seed=0)
+  critic_steps_per_epoch = sampler_probe.steps_per_epoch
+  generator_steps_per_epoch = max(1, critic_steps_per_epoch // c.n_critic)
+  planned_generator_steps = max(1, int(c.epochs * generator_steps_per_epoch))
+  planned_critic_steps = planned_generator_steps * c.n_critic
+  q = c.batch_size / n
+
+  if saved is not None:
+    check_resume(c, saved.as_dict(), n)
+    sigma = saved.as_dict()['noise_multiplier']
+  elif c.noise_multiplier is not None:
+    sigma = c.noise_multiplier
+  else:
+    sigma = privacy.calibrate_noise_multiplier(
+        c.target_epsilon, c.delta, q, planned_critic_steps, c.microbatch_size)
+  curve = privacy.EpsilonCurve(sigma, q, c.delta, c.microbatch_size)
+  allowed_critic_steps = planned_critic_steps
+  if c.target_epsilon is not None:
+    allowed_critic_steps = curve.max_steps(c.target_epsilon,
+                                           planned_critic_steps)
+  total_generator_steps = allowed_critic_steps // c.n_critic
+  stopped_by_budget = total_generator_steps < planned_generator_steps
+
+  strategy = make_strategy(c.strategy)
+  chief = is_chief(strategy)
+  seed = c.seed if c.seed is not None else secrets.randbits(63)
+  tf.keras.utils.set_random_seed(seed % 2**32)
+  with strategy.scope():
+    ledger = privacy.PrivacyLedger(sigma, q, c.delta, n, c.microbatch_size,
+                                   c.l2_norm_clip, c.sampling, c.dataset)
+    generator = networks.build_generator(spec.image_shape, spec.num_classes,
+                                         c.latent_dim, c.generator_width)
+    critic = networks.build_critic(spec.image_shape, spec.num_classes,
+                                   c.critic_width)
+    model = gan.ConditionalDPGAN(
+        generator, critic, ledger, num_classes=spec.num_classes,
+        latent_dim=c.latent_dim, loss=c.loss, n_critic=c.n_critic,
+        gp_weight=c.gp_weight, critic_weight_clip=c.critic_weight_clip,
+        grad_engine=c.grad_engine, microbatch_size=c.microbatch_size,
+        expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,
+        nonprivate_diagnostics=c.nonprivate_diagnostics)
+    num_microbatches = None if c.microbatch_size == 1 else c.num_microbatches
+    model.compile(
+        d_optimizer=privacy.make_dp_critic_optimizer(
+            c.l2_norm_clip, sigma, num_microbatches, model.noise_seed,
+            learning_rate=c.critic_lr, beta_1=c.beta_1, beta_2=c.beta_2),
+        g_optimizer=tf.keras.optimizers.legacy.Adam(
+            c.generator_lr, beta_1=c.beta_1, beta_2=c.beta_2))
+    checkpoint = make_checkpoint(model)
+  checkpoint_dir = c.model_dir if chief else os.path.join(
+      c.model_dir, f'.worker-{strategy.cluster_resolver.task_id}')
+  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                       max_to_keep=c.keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info('Resumed from %s', manager.latest_checkpoint)
+  elif chief:
+    os.makedirs(c.model_dir, exist_ok=True)
+    _write_json_atomically(os.path.join(c.model_dir, RUN_CONFIG_FILE),
+                           dataclasses.asdict(c) | {'seed': None})
+  seed = int(model.seed.numpy())
+  done = int(model.generator_steps.numpy())
+  if int(ledger.critic_steps.numpy()) != done * c.n_critic:
+    raise ResumeMismatch(
+        f'--n_critic={c.n_critic}: the checkpoint holds '
+        f'{int(ledger.critic_steps.numpy())} critic steps for {done} generator '
+        'steps; resume with the original --n_critic.')
+
+  sampler = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
+                                            c.sampling, seed)
+  monitor = callbacks_lib.PrivacyMonitor(ledger, curve, c.target_epsilon,
+                                         c.log_every, total_generator_steps)
+  cbs = [monitor, callbacks_lib.NonFiniteGuard()]
+  if chief:
+    cbs += [callbacks_lib.PeriodicCheckpoint(manager, c.checkpoint_every),
+            callbacks_lib.TensorBoardMonitor(
+                os.path.join(c.model_dir, 'train'), spec.num_classes,
+                c.latent_dim, c.batch_size * c.n_critic, c.sample_every)]
+  logging.info('Privacy plan: sigma=%.4g q=%.4g delta=%g, %d critic steps '
+               '(%d planned), %s sampling, target epsilon=%s', sigma, q,
+               c.delta, total_generator_steps * c.n_critic,
+               planned_critic_steps, c.sampling, c.target_epsilon)
+  verbose = 1 if sys.stdout.isatty() else 0
+  first_epoch = done // generator_steps_per_epoch
+  last_epoch = math.ceil(total_generator_steps / generator_steps_per_epoch)
+  for epoch in range(first_epoch, last_epoch):
+    first = max(done, epoch * generator_steps_per_epoch)
+    last = min(total_generator_steps, (epoch + 1) * generator_steps_per_epoch)
+    if last <= first:
+      continue
+    model.fit(sampler.dataset(first, last, c.n_critic), epochs=epoch + 1,
+              initial_epoch=epoch, steps_per_epoch=last - first,
+              callbacks=cbs, verbose=verbose)
+
+  trained = int(model.generator_steps.numpy()) - done
+  epsilon = ledger.epsilon()
+  if trained == 0:
+    message = (f'Nothing to train: the run in {c.model_dir} already took '
+               f'{done} of {total_generator_steps} generator steps allowed')
+    if stopped_by_budget:
+      message += (f' by the privacy budget (target epsilon '
+                  f'{c.target_epsilon}); raise --target_epsilon to continue')
+    message += '.'
+  elif stopped_by_budget:
+    message = (f'Stopped at the last step within the privacy budget '
+               f'(target epsilon {c.target_epsilon}) before the planned '
+               f'{c.epochs} epochs.')
+  else:
+    message = 'Training finished.'
+
+  export_path = None
+  if c.export_dir and chief:
+    latest = export_lib.latest_metadata(c.export_dir)
+    if latest is None or latest.get('critic_steps') != int(
+        ledger.critic_steps.numpy()):
+      export_path = export_lib.export_generator(
+          generator, c.export_dir, c.latent_dim,
+          export_metadata(c, ledger, spec))
+  return TrainResult(epsilon, int(ledger.critic_steps.numpy()),
+                     int(model.generator_steps.numpy()), export_path,
+                     stopped_by_budget, message)

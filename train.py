@@ -1,0 +1,120 @@
+"""Trains a class-conditional DPGAN: a DP-SGD critic and a generator.
+
+Example (offline, Debian, a few minutes on 2 CPU cores):
+
+  python train.py --dataset=fashion_mnist \
+    --manual_dir=/usr/share/datasets/fashion-mnist \
+    --model_dir=/tmp/m --export_dir=/tmp/e --target_epsilon=10 --delta=1e-5 \
+    --epochs=1 --max_train_examples=2000
+
+Rerunning the same command resumes from the last checkpoint in --model_dir.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from dpgan_tf import config as config_lib
+from dpgan_tf import data as data_lib
+from dpgan_tf import dp_gradients
+from dpgan_tf import losses
+from dpgan_tf import privacy
+from dpgan_tf import training
+
+_DEFAULTS = config_lib.TrainConfig()
+
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, sorted(data_lib.DATASETS),
+                  'Dataset (tfds).')
+flags.DEFINE_string('data_dir', None, 'tfds data directory.')
+flags.DEFINE_string('manual_dir', None, 'Raw dataset files for offline '
+                    'preparation (the four IDX files for (fashion_)mnist).')
+flags.DEFINE_string('model_dir', None, 'Checkpoints, TensorBoard logs; '
+                    'rerunning with the same directory resumes.')
+flags.DEFINE_string('export_dir', None, 'Where to export the generator as a '
+                    'versioned TF Serving SavedModel.')
+flags.DEFINE_integer('max_train_examples', None, 'Keep only the first K '
+                     'training examples (N is then K in the accounting).')
+
+flags.DEFINE_float('target_epsilon', None, 'Privacy budget: sigma is '
+                   'calibrated to it, and training never exceeds it.')
+flags.DEFINE_float('noise_multiplier', None, 'Fix sigma instead of '
+                   'calibrating it (epsilon is reported).')
+flags.DEFINE_float('delta', _DEFAULTS.delta, 'delta; must be below 1/N.')
+flags.DEFINE_float('l2_norm_clip', _DEFAULTS.l2_norm_clip,
+                   'Per-example gradient clip norm C.')
+flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Expected batch '
+                     'size (Poisson: q = batch_size / N).')
+flags.DEFINE_integer('num_microbatches', None, 'Microbatches per batch '
+                     '(default: one example each, the privacy optimum).')
+flags.DEFINE_enum('sampling', _DEFAULTS.sampling, privacy.SAMPLING_METHODS,
+                  'poisson (what the accountant assumes) or shuffle (the '
+                  'common fixed-size approximation).')
+flags.DEFINE_enum('grad_engine', _DEFAULTS.grad_engine,
+                  dp_gradients.GRAD_ENGINES, 'How per-example gradients are '
+                  'computed; same privacy either way.')
+flags.DEFINE_integer('chunk_size', _DEFAULTS.chunk_size, 'Microbatches per '
+                     'vectorised pass (bounds memory).')
+
+flags.DEFINE_float('epochs', _DEFAULTS.epochs, 'Passes over the training '
+                   'data (in expectation) by the critic.')
+flags.DEFINE_integer('n_critic', _DEFAULTS.n_critic,
+                     'Critic updates per generator update.')
+flags.DEFINE_enum('loss', _DEFAULTS.loss, losses.CRITIC_LOSSES, 'Critic loss.')
+flags.DEFINE_float('gp_weight', _DEFAULTS.gp_weight, 'wgan_gp penalty weight.')
+flags.DEFINE_float('critic_weight_clip', _DEFAULTS.critic_weight_clip,
+                   'Clip critic weights to [-c, c] (wasserstein).')
+flags.DEFINE_integer('latent_dim', _DEFAULTS.latent_dim, 'Noise dimension.')
+flags.DEFINE_integer('generator_width', _DEFAULTS.generator_width,
+                     'Generator base filters.')
+flags.DEFINE_integer('critic_width', _DEFAULTS.critic_width,
+                     'Critic base filters.')
+flags.DEFINE_float('generator_lr', _DEFAULTS.generator_lr, 'Adam lr.')
+flags.DEFINE_float('critic_lr', _DEFAULTS.critic_lr, 'DP Adam lr.')
+flags.DEFINE_float('beta_1', _DEFAULTS.beta_1, 'Adam beta_1.')
+flags.DEFINE_float('beta_2', _DEFAULTS.beta_2, 'Adam beta_2.')
+flags.DEFINE_integer('seed', None, 'Seed for initialisation, sampling and '
+                     'noise. Keep it secret: the guarantee relies on the '
+                     'noise being unpredictable. Default: drawn from the OS '
+                     'and kept in the checkpoint.')
+
+flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every,
+                     'Generator steps between checkpoints.')
+flags.DEFINE_integer('sample_every', _DEFAULTS.sample_every,
+                     'Generator steps between TensorBoard sample grids.')
+flags.DEFINE_integer('log_every', _DEFAULTS.log_every,
+                     'Generator steps between progress lines.')
+flags.DEFINE_integer('keep_checkpoints', _DEFAULTS.keep_checkpoints,
+                     'Checkpoints to keep.')
+flags.DEFINE_bool('nonprivate_diagnostics', False, 'Also log statistics of '
+                  'the real batches (critic loss on real data, Wasserstein '
+                  'estimate, clipping) under nonprivate/: NOT covered by the '
+                  'guarantee.')
+flags.DEFINE_enum('strategy', _DEFAULTS.strategy, config_lib.STRATEGIES,
+                  'tf.distribute strategy (multi_worker reads TF_CONFIG).')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = config_lib.TrainConfig(
+      **{f: FLAGS[f].value for f in config_lib.TrainConfig.__dataclass_fields__})
+  logging.set_verbosity(logging.INFO)
+  try:
+    result = training.train(config)
+  except ValueError as e:  # Bad input: a clear message, nothing harmed.
+    print(f'train.py: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(result.message)
+  print(f'Final epsilon: {result.epsilon:.4f} (delta={config.delta:g}) after '
+        f'{result.critic_steps} critic steps '
+        f'({result.generator_steps} generator steps).')
+  if result.export_path:
+    print(f'Exported generator: {result.export_path}')
+
+
+if __name__ == '__main__':
+  app.run(main)
