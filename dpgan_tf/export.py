@@ -65,14 +65,21 @@ def list_versions(export_dir: str):
 
 
 def check_writable_dir(path: str, flag: str) -> None:
-  """Fails early, naming the flag, if `path` cannot hold our outputs."""
+  """Fails early, naming the flag, if `path` cannot hold our outputs.
+
+  Probes by creating a file in `path` (or its nearest existing parent) rather
+  than trusting permission bits, which root ignores.
+  """
   if os.path.exists(path) and not os.path.isdir(path):
     raise ExportError(f'{flag}={path} is a file, not a directory.')
-  existing = path
-  while existing and not os.path.exists(existing):
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
     existing = os.path.dirname(existing)
-  if not os.access(existing or '.', os.W_OK | os.X_OK):
-    raise ExportError(f'{flag}={path} is not writable.')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ExportError(f'{flag}={path} is not writable ({e.strerror}).') from e
 
 
 def export_generator(generator: tf.keras.Model, export_dir: str,

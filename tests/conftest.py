@@ -1,0 +1,30 @@
+"""Shared fixtures: an offline tfds directory prepared once per test session."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+MNIST_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                         'data', 'mnist')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A tfds data_dir; Fashion-MNIST is prepared into it on first use.
+
+  Set DPGAN_TEST_TFDS_DIR to reuse a prepared directory across sessions.
+  """
+  return os.environ.get('DPGAN_TEST_TFDS_DIR') or str(
+      tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_small(tfds_dir):
+  """The first 512 Fashion-MNIST training examples, in memory."""
+  from dpgan_tf import data  # pylint: disable=g-import-not-at-top
+  return data.load_split('fashion_mnist', 'train', tfds_dir, FASHION_MNIST_DIR,
+                         max_examples=512)

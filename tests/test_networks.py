@@ -1,0 +1,50 @@
+"""Network shapes, ranges, and that no network mixes examples."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpgan_tf import networks
+
+
+@pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
+def test_shapes_and_ranges(shape):
+  generator = networks.build_generator(shape, 10, latent_dim=16, width=8)
+  critic = networks.build_critic(shape, 10, width=8)
+  labels = tf.constant([0, 3, 9])
+  images = generator([tf.random.normal([3, 16]), labels])
+  assert images.shape == (3,) + shape
+  assert float(tf.reduce_max(tf.abs(images))) <= 1.0
+  assert critic([images, labels]).shape == (3,)
+
+
+def test_no_batch_norm_anywhere():
+  for model in (networks.build_generator((28, 28, 1), 10),
+                networks.build_critic((28, 28, 1), 10)):
+    assert not any(isinstance(l, tf.keras.layers.BatchNormalization)
+                   for l in model.layers)
+
+
+def test_outputs_depend_on_own_example_only():
+  """Per-example clipping and record pairing rely on this (see networks.py)."""
+  generator = networks.build_generator((28, 28, 1), 10, latent_dim=16, width=8)
+  critic = networks.build_critic((28, 28, 1), 10, width=8)
+  noise, labels = tf.random.normal([5, 16]), tf.constant([1, 2, 3, 4, 5])
+  batch = generator([noise, labels], training=True)
+  single = generator([noise[:1], labels[:1]], training=True)
+  np.testing.assert_allclose(batch[:1], single, atol=1e-5)
+  scores = critic([batch, labels], training=True)
+  np.testing.assert_allclose(scores[:1], critic([batch[:1], labels[:1]]),
+                             atol=1e-5)
+
+
+def test_critic_conditions_on_the_label():
+  critic = networks.build_critic((28, 28, 1), 10, width=8)
+  image = tf.random.normal([1, 28, 28, 1])
+  assert float(critic([image, tf.constant([0])])) != float(
+      critic([image, tf.constant([1])]))
+
+
+def test_unsupported_shape_is_rejected():
+  with pytest.raises(ValueError, match='not supported'):
+    networks.build_critic((30, 30, 3), 10)

@@ -1,0 +1,204 @@
+"""End-to-end training runs on a few hundred Fashion-MNIST examples."""
+
+import json
+import os
+import subprocess
+import sys
+
+import dp_accounting
+from dp_accounting.rdp import rdp_privacy_accountant
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import FASHION_MNIST_DIR, REPO_ROOT
+from dpgan_tf import config as config_lib
+from dpgan_tf import export
+from dpgan_tf import training
+
+
+def tiny_config(tmp_path, tfds_dir, **overrides):
+  """256 examples, batch 32: 8 critic steps per epoch, small networks."""
+  values = dict(
+      dataset='fashion_mnist', manual_dir=FASHION_MNIST_DIR,
+      data_dir=tfds_dir, model_dir=str(tmp_path / 'model'),
+      export_dir=str(tmp_path / 'export'), max_train_examples=256,
+      batch_size=32, epochs=1, delta=1e-4, noise_multiplier=1.0, seed=11,
+      latent_dim=16, generator_width=8, critic_width=8, checkpoint_every=3,
+      sample_every=4, log_every=4)
+  values.update(overrides)
+  return config_lib.TrainConfig(**values)
+
+
+def _weights(model_dir):
+  reader = tf.train.load_checkpoint(model_dir)
+  return {name: reader.get_tensor(name)
+          for name, _ in tf.train.list_variables(model_dir)
+          if name.startswith(('generator/', 'critic/'))}
+
+
+def test_resume_equals_uninterrupted(tmp_path, tfds_dir):
+  straight = training.train(tiny_config(tmp_path / 'a', tfds_dir, epochs=2))
+  first = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=1))
+  assert first.critic_steps == 8
+  resumed = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=2))
+  assert straight.critic_steps == resumed.critic_steps == 16
+  assert straight.epsilon == resumed.epsilon
+  a, b = _weights(str(tmp_path / 'a' / 'model')), _weights(
+      str(tmp_path / 'b' / 'model'))
+  assert a.keys() == b.keys() and len(a) > 4
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+
+def test_same_seed_same_model_other_seed_differs(tmp_path, tfds_dir):
+  runs = [training.train(tiny_config(tmp_path / d, tfds_dir, seed=s))
+          for d, s in (('a', 5), ('b', 5), ('c', 6))]
+  assert runs[0].critic_steps == 8
+  a, b, c = (_weights(str(tmp_path / d / 'model')) for d in 'abc')
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  assert any(not np.array_equal(a[n], c[n]) for n in a)
+
+
+def test_export_metadata_matches_independent_accounting(tmp_path, tfds_dir):
+  config = tiny_config(tmp_path, tfds_dir, noise_multiplier=None,
+                       target_epsilon=5.0, epochs=2)
+  result = training.train(config)
+  meta = export.read_metadata(export.resolve_version_dir(config.export_dir))
+  assert meta['critic_steps'] == result.critic_steps == 16
+  assert meta['sampling_rate'] == 32 / 256
+  assert meta['sampling'] == 'poisson' and meta['accountant'] == 'rdp'
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant.compose(dp_accounting.PoissonSampledDpEvent(
+      32 / 256, dp_accounting.GaussianDpEvent(meta['noise_multiplier'])), 16)
+  assert meta['epsilon'] == pytest.approx(accountant.get_epsilon(1e-4),
+                                          rel=1e-9)
+  assert meta['epsilon'] <= 5.0
+  # sigma was calibrated: a little less noise would overspend.
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant.compose(dp_accounting.PoissonSampledDpEvent(
+      32 / 256, dp_accounting.GaussianDpEvent(
+          meta['noise_multiplier'] * 0.98)), 16)
+  assert accountant.get_epsilon(1e-4) > 5.0
+  for key in ('dataset', 'image_shape', 'num_classes', 'latent_dim', 'delta',
+              'l2_norm_clip', 'batch_size', 'tensorflow_version',
+              'tensorflow_privacy_version'):
+    assert key in meta
+  assert meta['image_shape'] == [28, 28, 1] and meta['latent_dim'] == 16
+
+
+def test_budget_exhaustion_stop_rerun_and_raise(tmp_path, tfds_dir):
+  base = dict(noise_multiplier=0.8, epochs=4)
+  budget = 3.0
+  first = training.train(tiny_config(tmp_path, tfds_dir, target_epsilon=budget,
+                                     **base))
+  assert first.stopped_by_budget and 0 < first.critic_steps < 32
+  assert first.epsilon <= budget
+  assert training.privacy.compute_epsilon(0.8, 32 / 256,
+                                          first.critic_steps + 1,
+                                          1e-4) > budget
+  again = training.train(tiny_config(tmp_path, tfds_dir, target_epsilon=budget,
+                                     **base))
+  assert again.critic_steps == first.critic_steps
+  assert 'Nothing to train' in again.message and 'budget' in again.message
+  assert again.export_path is None  # the export already holds this model
+  more = training.train(tiny_config(tmp_path, tfds_dir, target_epsilon=2 *
+                                    budget, **base))
+  assert more.critic_steps > first.critic_steps
+  assert more.epsilon == pytest.approx(training.privacy.compute_epsilon(
+      0.8, 32 / 256, more.critic_steps, 1e-4))
+  assert len(export.list_versions(str(tmp_path / 'export'))) == 2
+
+
+@pytest.mark.parametrize('change,flag', [
+    (dict(l2_norm_clip=2.0), '--l2_norm_clip'),
+    (dict(noise_multiplier=1.5), '--noise_multiplier'),
+    (dict(delta=1e-5), '--delta'),
+    (dict(sampling='shuffle'), '--sampling'),
+    (dict(batch_size=16), '--batch_size'),
+    (dict(dataset='mnist', manual_dir=None), '--dataset'),
+])
+def test_resume_with_other_privacy_flags_is_refused(tmp_path, tfds_dir,
+                                                    change, flag,
+                                                    resumable_run):
+  model_dir, before = resumable_run
+  config = tiny_config(tmp_path, tfds_dir, model_dir=model_dir, **change)
+  if change.get('dataset') == 'mnist':
+    config.manual_dir = os.path.join(REPO_ROOT, '..', 'shared', 'data',
+                                     'mnist')
+  with pytest.raises(training.ResumeMismatch, match=flag):
+    training.train(config)
+  assert _listing(model_dir) == before
+
+
+def _listing(directory):
+  return {name: os.path.getsize(os.path.join(directory, name))
+          for name in sorted(os.listdir(directory))}
+
+
+@pytest.fixture(scope='module')
+def resumable_run(tmp_path_factory, tfds_dir):
+  tmp = tmp_path_factory.mktemp('resumable')
+  config = tiny_config(tmp, tfds_dir, export_dir=None)
+  training.train(config)
+  return config.model_dir, _listing(config.model_dir)
+
+
+def test_tensorboard_has_privacy_losses_and_samples(tmp_path, tfds_dir):
+  config = tiny_config(tmp_path, tfds_dir, nonprivate_diagnostics=True)
+  training.train(config)
+  tags = set()
+  log_dir = os.path.join(config.model_dir, 'train')
+  for name in os.listdir(log_dir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(log_dir, name)):
+      tags.update(v.tag for v in event.summary.value)
+  assert {'privacy/epsilon', 'loss/generator_loss', 'loss/critic_loss_fake',
+          'speed/examples_per_sec', 'samples/per_class',
+          'nonprivate/wasserstein_estimate', 'nonprivate/critic_loss',
+          'nonprivate/clipped_fraction'} <= tags
+
+
+def test_diagnostics_are_off_by_default(tmp_path, tfds_dir):
+  config = tiny_config(tmp_path, tfds_dir)
+  training.train(config)
+  log_dir = os.path.join(config.model_dir, 'train')
+  for name in os.listdir(log_dir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(log_dir, name)):
+      assert not any(v.tag.startswith('nonprivate/')
+                     for v in event.summary.value)
+
+
+_LOAD_EXPORT = '''
+import json, sys
+import numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+labels = tf.constant([0, 3, 7, 9], tf.int32)
+a = model.signatures['generate'](labels=labels, seed=tf.constant(5, tf.int64))
+b = model.signatures['generate'](labels=labels, seed=tf.constant(5, tf.int64))
+c = model.signatures['serving_default'](noise=tf.random.normal([4, 16]),
+                                        labels=labels)
+out = {k: [v['images'].shape.as_list(), float(tf.reduce_min(v['images'])),
+           float(tf.reduce_max(v['images']))] for k, v in (('gen', a),
+                                                          ('serve', c))}
+out['deterministic'] = bool(np.array_equal(a['images'], b['images']))
+print(json.dumps(out))
+'''
+
+
+def test_export_loads_in_a_fresh_process(tmp_path, tfds_dir):
+  config = tiny_config(tmp_path, tfds_dir)
+  result = training.train(config)
+  assert result.export_path == os.path.join(config.export_dir, '1')
+  out = subprocess.run([sys.executable, '-c', _LOAD_EXPORT,
+                        result.export_path], capture_output=True, text=True,
+                       check=True)
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in ('gen', 'serve'):
+    shape, low, high = report[key]
+    assert shape == [4, 28, 28, 1]
+    assert 0.0 <= low <= high <= 1.0
+  assert report['deterministic']
