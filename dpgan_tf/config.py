@@ -32,7 +32,7 @@ class TrainConfig:
   batch_size: int = 64
   num_microbatches: Optional[int] = None
   sampling: str = 'poisson'
-  grad_engine: str = 'vectorized'
+  grad_engine: str = 'ghost'
   chunk_size: int = 128
   # GAN.
   epochs: float = 1.0
@@ -127,9 +127,9 @@ def validate(c: TrainConfig) -> None:
     _require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
   _require(c.strategy in STRATEGIES,
            f'--strategy={c.strategy!r}: choose one of {STRATEGIES}.')
-  _require(c.strategy == 'default' or c.grad_engine == 'vectorized',
-           f'--strategy={c.strategy} needs --grad_engine=vectorized (the '
-           'jacobian path would add noise on every replica).')
+  _require(c.strategy == 'default' or c.grad_engine != 'jacobian',
+           f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
+           '(the jacobian path would add noise on every replica).')
 
 
 def validate_against_data(c: TrainConfig, dataset_size: int) -> None:

@@ -1,32 +1,57 @@
 """Private critic gradients: clip each microbatch, sum, add noise once, average.
 
-Two engines compute the same mechanism:
+Three engines compute the same mechanism:
 
 * `jacobian`: the DP optimizer's own path (`DPKerasAdamOptimizer`
   `_compute_gradients`), a `tape.jacobian` over the microbatch losses. Its
   cost grows with batch size x microbatches (about 90x a plain step at batch
   64 with one example per microbatch on a 2-core CPU).
-* `vectorized` (default): one forward and backward pass per microbatch,
-  vectorised by `tf.vectorized_map` into batched kernels. The critic never
-  mixes examples, so these passes are exactly the per-microbatch gradients.
-  They are then clipped to the optimizer's Gaussian query's clip norm by the
-  query's own rule (clip by global norm per record; computed batched, since
-  `tf.clip_by_global_norm` has no vectorised form), summed, and noised by
-  that query's `get_noised_result`: the same clipping and noise as the
-  jacobian path.
+* `vectorized`: one forward and backward pass per microbatch, vectorised by
+  `tf.vectorized_map` into batched kernels. The critic never mixes examples,
+  so these passes are exactly the per-microbatch gradients. Works for any
+  critic and loss, but batched per-example convolution kernels are slow on
+  CPU (about 2-3x a plain step).
+* `ghost` (default): layer-wise clipping from one ordinary forward and
+  backward pass (Goodfellow 2015; Li et al. 2022, "ghost clipping"; Bu et al.
+  2022, "mixed ghost clipping"). For a Dense or Conv2D layer the gradient of
+  example i is A_i^T D_i, with A_i its (patch-extracted) layer inputs and D_i
+  the loss gradient at the layer's outputs, summed over every call of the
+  layer (the critic scores real and fake: two calls per record). Its squared
+  norm is either sum((A_i^T D_i)^2) or, without forming it, the "ghost norm"
+  sum((A_i A_i^T) * (D_i D_i^T)); per layer the cheaper is used. The clipped
+  sum is then sum_i w_i A_i^T D_i, one matmul per layer. The backward pass
+  stops at layer outputs, so the step costs little more than a plain one.
+  It needs every trainable variable to be the kernel or bias of a Dense or
+  Conv2D layer with linear activation, and a loss that is a function of the
+  critic's outputs: a gradient penalty (wgan_gp) differentiates the critic
+  w.r.t. its input, so the penalty's weight gradient is not of the form
+  A^T D. In either case this engine falls back to `vectorized` (logged).
 
-Both divide the noised sum by the *expected* number of microbatches, a
+Whatever the engine, per-microbatch gradients are clipped to the optimizer's
+Gaussian query's clip norm by the query's own rule (clip by global norm per
+record, computed batched since `tf.clip_by_global_norm` has no vectorised
+form), summed, and noised by that query's `get_noised_result`: the same
+clipping and noise as the jacobian path.
+
+All divide the noised sum by the *expected* number of microbatches, a
 constant: dividing by the realised Poisson batch size would make the
 normaliser data-dependent. The vectorized engine pads each batch to whole
 chunks of fixed size (so the traced graph has fixed shapes and bounded
-memory); padded rows are masked out of the sum and never counted.
+memory); padded rows are masked out of the sum and never counted. The ghost
+engine needs no padding: its shapes follow the batch.
 """
 
+import contextlib
+import math
 from typing import Callable, List, Sequence
 
+from absl import logging
+import numpy as np
 import tensorflow as tf
 
-GRAD_ENGINES = ('vectorized', 'jacobian')
+keras = tf.keras
+
+GRAD_ENGINES = ('ghost', 'vectorized', 'jacobian')
 
 # loss_fn(records) -> per-record losses [B]; records is a nest of tensors
 # with a leading batch dimension.
@@ -57,6 +82,17 @@ def _pad_to_multiple(records, multiple: int):
 
   mask = tf.concat([tf.ones([n]), tf.zeros([padding])], 0)
   return tf.nest.map_structure(pad, records), mask
+
+
+def _clip_norm(optimizer) -> tf.Tensor:
+  """C, read from the optimizer's Gaussian query."""
+  return tf.cast(optimizer._dp_sum_query.derive_sample_params(  # pylint: disable=protected-access
+      optimizer._global_state), tf.float32)  # pylint: disable=protected-access
+
+
+def _clip_weights(norms: tf.Tensor, clip: tf.Tensor) -> tf.Tensor:
+  """The query's rule, tf.clip_by_global_norm per record, as scales C/max(n, C)."""
+  return clip / tf.maximum(norms, clip)
 
 
 def per_microbatch_gradients(loss_fn: LossFn, variables: Sequence[tf.Variable],
@@ -102,9 +138,7 @@ def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
   Returns:
     (list of summed clipped gradients, per-microbatch norms [B/k]).
   """
-  query = optimizer._dp_sum_query  # pylint: disable=protected-access
-  clip = tf.cast(query.derive_sample_params(optimizer._global_state),  # pylint: disable=protected-access
-                 tf.float32)
+  clip = _clip_norm(optimizer)
   grouped = _group(records, microbatch_size)
   num_microbatches = _batch_size(grouped)
   padded, mask = _pad_to_multiple(grouped, chunk_size)
@@ -118,9 +152,8 @@ def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
     chunk = tf.nest.map_structure(lambda t: t[i], chunked)
     grads = per_microbatch_gradients(loss_fn, variables, chunk)
     chunk_norms = per_microbatch_norms(grads)
-    # The query's rule, tf.clip_by_global_norm per record, computed batched:
-    # scale = C / max(norm, C). Padded records get weight 0.
-    weights = chunked_mask[i] * clip / tf.maximum(chunk_norms, clip)
+    # Padded records get weight 0.
+    weights = chunked_mask[i] * _clip_weights(chunk_norms, clip)
     sums = [s + tf.tensordot(weights, g, axes=1) for s, g in zip(sums, grads)]
     return i + 1, sums, norms.write(i, chunk_norms)
 
@@ -131,36 +164,245 @@ def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
   return sums, norms.concat()[:num_microbatches]
 
 
-def dp_gradients(engine: str, optimizer, loss_fn: LossFn,
-                 variables: Sequence[tf.Variable], records,
-                 microbatch_size: int, expected_microbatches: float,
-                 chunk_size: int = 128):
-  """Noised average gradient of the critic, and per-microbatch norms.
+def _is_linear(layer) -> bool:
+  return layer.activation is keras.activations.linear
+
+
+def _positions(t: tf.Tensor) -> tf.Tensor:
+  """[B, ..., n] -> [B, positions, n]; the non-batch shape must be static."""
+  return tf.reshape(t, [-1, math.prod(t.shape[1:-1]), t.shape[-1]])
+
+
+def _dense_patches(layer, inputs: tf.Tensor) -> tf.Tensor:
+  """A Dense layer's rows of inputs: the inputs themselves."""
+  del layer  # Unused: a Dense layer multiplies its inputs as they are.
+  return _positions(inputs)
+
+
+def _same_padding(size: int, kernel: int, stride: int, rate: int):
+  """(before, after) padding of one spatial dim, as TF's 'SAME' pads it."""
+  span = (kernel - 1) * rate + 1
+  total = max((-(-size // stride) - 1) * stride + span - size, 0)
+  return total // 2, total - total // 2
+
+
+def _conv2d_patches(layer, inputs: tf.Tensor) -> tf.Tensor:
+  """[B, output positions, kh*kw*C_in], ordered like the kernel's rows.
+
+  What tf.image.extract_patches gives, by one gather of whole channel
+  vectors from the padded inputs (2x faster on CPU). Indices are static.
+  """
+  _, height, width, channels = inputs.shape
+  pads, taps = [], []
+  for size, kernel, stride, rate in zip((height, width), layer.kernel_size,
+                                        layer.strides, layer.dilation_rate):
+    before, after = (_same_padding(size, kernel, stride, rate)
+                     if layer.padding == 'same' else (0, 0))
+    outputs = (size + before + after - (kernel - 1) * rate - 1) // stride + 1
+    pads.append((before, after))
+    # [outputs, kernel]: the padded coordinate each output reads at each tap.
+    taps.append(np.arange(outputs)[:, None] * stride +
+                np.arange(kernel)[None, :] * rate)
+  padded = tf.pad(inputs, [[0, 0], *pads, [0, 0]])
+  rows, cols = taps
+  # [out_h, out_w, kh, kw] -> flat index into the padded h x w grid.
+  index = rows[:, None, :, None] * padded.shape[2] + cols[None, :, None, :]
+  flat = tf.reshape(padded, [-1, padded.shape[1] * padded.shape[2], channels])
+  patches = tf.gather(flat, index.reshape(-1), axis=1)
+  return tf.reshape(patches, [-1, index.shape[0] * index.shape[1],
+                              index.shape[2] * index.shape[3] * channels])
+
+
+# Layer type -> (can layer capture handle it, its input patches).
+_PATCHES = {
+    keras.layers.Dense: (_is_linear, _dense_patches),
+    keras.layers.Conv2D: (
+        lambda l: (_is_linear(l) and l.groups == 1 and
+                   l.data_format == 'channels_last' and
+                   l.padding in ('valid', 'same')),
+        _conv2d_patches),
+}
+
+
+def capturable_layers(model: keras.Model):
+  """The layers owning `model`'s trainable variables, or None.
+
+  None when some trainable variable is not the kernel or bias of a Dense or
+  Conv2D layer (exact types: subclasses such as Conv2DTranspose compute
+  something else) that layer capture supports.
+  """
+  layers, owned = [], set()
+  for layer in model.submodules:
+    supported = _PATCHES.get(type(layer), (lambda _: False,))[0]
+    if supported(layer) and layer.trainable:
+      layers.append(layer)
+      owned.update(v.ref() for v in layer.trainable_variables)
+  if owned != {v.ref() for v in model.trainable_variables}:
+    return None
+  return layers
+
+
+@contextlib.contextmanager
+def _recording_calls(layers, tape: tf.GradientTape):
+  """Records (inputs, outputs) of every call of each layer, in `calls[i]`.
+
+  The outputs are watched by `tape`, so it can differentiate w.r.t. them.
+  """
+  calls = [[] for _ in layers]
+
+  def recording(layer, record):
+    original = layer.call
+
+    def call(inputs):
+      outputs = original(inputs)
+      tape.watch(outputs)
+      record.append((inputs, outputs))
+      return outputs
+
+    return call
+
+  for layer, record in zip(layers, calls):
+    layer.call = recording(layer, record)
+  try:
+    yield calls
+  finally:
+    for layer in layers:
+      del layer.call  # Back to the class's method.
+
+
+def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
+  """Squared norms of the kernel gradients a_m^T d_m, and their weighted sum.
+
+  Args:
+    a: layer-input patches [M, S, K] of each microbatch m.
+    d: loss gradients at the layer's outputs [M, S, O].
+
+  Returns:
+    (||a_m^T d_m||_F^2 [M], weights [M] -> sum_m w_m a_m^T d_m [K, O]).
+    Forming the per-microbatch gradients costs S*K*O per microbatch and the
+    sum reuses them; the ghost norm sum((a a^T) * (d d^T)) costs S*S*(K+O)
+    and the sum is one matmul over all positions. Static shapes pick the
+    cheaper.
+  """
+  s, k, o = a.shape[1], a.shape[2], d.shape[2]
+  if s is not None and s * (k + o) < k * o:
+    squares = tf.reduce_sum(tf.matmul(a, a, transpose_b=True) *
+                            tf.matmul(d, d, transpose_b=True), [1, 2])
+    return squares, lambda w: tf.matmul(
+        tf.reshape(a, [-1, k]),
+        tf.reshape(d * w[:, tf.newaxis, tf.newaxis], [-1, o]),
+        transpose_a=True)
+  grads = tf.matmul(a, d, transpose_a=True)
+  squares = tf.reduce_sum(tf.square(grads), [1, 2])
+  return squares, lambda w: tf.tensordot(w, grads, 1)
+
+
+def clipped_sum_ghost(optimizer, loss_fn: LossFn, layers, variables, records,
+                      microbatch_size: int):
+  """Like clipped_sum_vectorized, by layer capture (see module doc).
+
+  Args:
+    optimizer: the DP optimizer whose Gaussian query clips.
+    loss_fn: per-record losses, a function of the critic's outputs only.
+    layers: capturable_layers(critic).
+    variables: the critic's trainable variables, all owned by `layers`.
+    records: nest of [B, ...] tensors, B a multiple of microbatch_size.
+    microbatch_size: records per microbatch (k).
+
+  Returns:
+    (list of summed clipped gradients, per-microbatch norms [B/k]).
+  """
+  with tf.GradientTape() as tape, _recording_calls(layers, tape) as calls:
+    total_loss = tf.reduce_sum(loss_fn(records))
+  outputs = [out for record in calls for _, out in record]
+  deltas = iter(tape.gradient(total_loss, outputs,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+  def grouped(t):
+    """[B, P, n] -> [B/k, k*P, n]: one microbatch's positions together."""
+    return tf.reshape(t, [-1, microbatch_size * t.shape[1], t.shape[2]])
+
+  # Per layer: a [M, S, K] and d [M, S, O], S = k x calls x positions; d is
+  # divided by k since each microbatch's loss is its records' mean.
+  weighted_sums, squares = [], []
+  for layer, record in zip(layers, calls):
+    if not record:
+      continue
+    patches = _PATCHES[type(layer)][1]
+    a = grouped(tf.concat([patches(layer, x) for x, _ in record], 1))
+    d = grouped(tf.concat([_positions(next(deltas))
+                           for _ in record], 1)) / microbatch_size
+    kernel_squares, kernel_sum = _kernel_gradients(a, d)
+    squares.append(kernel_squares)
+    weighted_sums.append((layer.kernel, kernel_sum))
+    if layer.use_bias:
+      bias_grads = tf.reduce_sum(d, 1)
+      squares.append(tf.reduce_sum(tf.square(bias_grads), 1))
+      weighted_sums.append(
+          (layer.bias, lambda w, g=bias_grads: tf.tensordot(w, g, 1)))
+  norms = tf.sqrt(tf.add_n(squares))
+  weights = _clip_weights(norms, _clip_norm(optimizer))
+
+  sums = {v.ref(): tf.reshape(weighted_sum(weights), v.shape)
+          for v, weighted_sum in weighted_sums}
+  return [sums.get(v.ref(), tf.zeros_like(v)) for v in variables], norms
+
+
+def _choose_engine(engine: str, critic: keras.Model,
+                   loss_differentiates_inputs: bool):
+  """(engine to run, capturable layers): ghost falls back to vectorized."""
+  if engine != 'ghost':
+    return engine, None
+  if loss_differentiates_inputs:
+    logging.info('--grad_engine=ghost: the loss differentiates the critic '
+                 'w.r.t. its inputs (gradient penalty); using vectorized.')
+    return 'vectorized', None
+  layers = capturable_layers(critic)
+  if layers is None:
+    logging.warning('--grad_engine=ghost: the critic has variables outside '
+                    'linear Dense/Conv2D layers; using vectorized.')
+    return 'vectorized', None
+  return engine, layers
+
+
+def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
+                 records, microbatch_size: int, expected_microbatches: float,
+                 chunk_size: int = 128, loss_differentiates_inputs=False):
+  """Noised average gradient of the critic's variables, and microbatch norms.
 
   The norms are a non-private diagnostic (the fraction clipped); the
   jacobian engine does not expose them and returns an empty vector.
+  `loss_differentiates_inputs` (a gradient penalty) makes the ghost engine
+  fall back to vectorized (see module doc).
   """
+  if engine not in GRAD_ENGINES:
+    raise ValueError(f'--grad_engine={engine!r}: choose one of '
+                     f'{GRAD_ENGINES}.')
+  engine, layers = _choose_engine(engine, critic, loss_differentiates_inputs)
+  variables = critic.trainable_variables
   expected = tf.cast(expected_microbatches, tf.float32)
-  if engine == 'vectorized':
-    sums, norms = clipped_sum_vectorized(optimizer, loss_fn, variables,
-                                         records, microbatch_size, chunk_size)
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-      # Each replica clipped its own examples; noise is added once, to the
-      # global sum (every replica draws the same noise from the same seed).
-      sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-    # These gradients are clipped and noised by the optimizer's own query.
-    optimizer._was_dp_gradients_called = True  # pylint: disable=protected-access
-    noised, _, _ = optimizer._dp_sum_query.get_noised_result(  # pylint: disable=protected-access
-        sums, optimizer._global_state)  # pylint: disable=protected-access
-    return [g / expected for g in noised], norms
   if engine == 'jacobian':
     with tf.GradientTape() as tape:
       losses = loss_fn(records)
     grads_and_vars = optimizer._compute_gradients(  # pylint: disable=protected-access
         losses, list(variables), tape=tape)
     # The optimizer divides by the microbatches it was given; rescale to the
-    # expected count so both engines apply the same update.
+    # expected count so all engines apply the same update.
     used = tf.cast(_batch_size(records) // microbatch_size, tf.float32)
     return [g * used / expected for g, _ in grads_and_vars], tf.zeros([0])
-  raise ValueError(f'--grad_engine={engine!r}: choose one of {GRAD_ENGINES}.')
+  if engine == 'ghost':
+    sums, norms = clipped_sum_ghost(optimizer, loss_fn, layers, variables,
+                                    records, microbatch_size)
+  else:
+    sums, norms = clipped_sum_vectorized(optimizer, loss_fn, variables,
+                                         records, microbatch_size, chunk_size)
+  ctx = tf.distribute.get_replica_context()
+  if ctx is not None and ctx.num_replicas_in_sync > 1:
+    # Each replica clipped its own examples; noise is added once, to the
+    # global sum (every replica draws the same noise from the same seed).
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+  # These gradients are clipped and noised by the optimizer's own query.
+  optimizer._was_dp_gradients_called = True  # pylint: disable=protected-access
+  noised, _, _ = optimizer._dp_sum_query.get_noised_result(  # pylint: disable=protected-access
+      sums, optimizer._global_state)  # pylint: disable=protected-access
+  return [g / expected for g in noised], norms

@@ -34,7 +34,7 @@ class ConditionalDPGAN(keras.Model):
 
   def __init__(self, generator, critic, ledger, *, num_classes, latent_dim,
                loss='hinge', n_critic=1, gp_weight=10.0,
-               critic_weight_clip=0.0, grad_engine='vectorized',
+               critic_weight_clip=0.0, grad_engine='ghost',
                microbatch_size=1, expected_batch_size=64, seed=0,
                chunk_size=128, nonprivate_diagnostics=False, **kwargs):
     super().__init__(**kwargs)
@@ -102,9 +102,10 @@ class ConditionalDPGAN(keras.Model):
     self.noise_seed.assign(self._key(_DP_NOISE, step))
     variables = self.critic.trainable_variables
     grads, norms = dp_gradients.dp_gradients(
-        self.grad_engine, self.d_optimizer, self.record_losses, variables,
+        self.grad_engine, self.d_optimizer, self.record_losses, self.critic,
         records, self.microbatch_size,
-        self.expected_batch_size / self.microbatch_size, self.chunk_size)
+        self.expected_batch_size / self.microbatch_size, self.chunk_size,
+        loss_differentiates_inputs=self.loss_type == 'wgan_gp')
     self.d_optimizer.apply_gradients(zip(grads, variables),
                                      experimental_aggregate_gradients=False)
     if self.critic_weight_clip > 0:
@@ -124,7 +125,7 @@ class ConditionalDPGAN(keras.Model):
                                               tf.reduce_mean(fake_scores)),
           'nonprivate_batch_size': tf.cast(tf.shape(labels)[0], tf.float32),
       })
-      if self.grad_engine == 'vectorized':
+      if self.grad_engine != 'jacobian':
         clip = self.d_optimizer._dp_sum_query._l2_norm_clip  # pylint: disable=protected-access
         metrics['nonprivate_clipped_fraction'] = tf.reduce_mean(
             tf.cast(norms > clip, tf.float32))

@@ -1,0 +1,215 @@
+"""The DP gradient engines against one-example-at-a-time references.
+
+Every engine must compute the same mechanism: per-microbatch gradients,
+clipped by the optimizer's Gaussian query, summed, noised once and divided
+by the expected number of microbatches. The references here loop over the
+records with an ordinary tape, so they share no code with the engines.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpgan_tf import dp_gradients
+from dpgan_tf import losses
+from dpgan_tf import networks
+from dpgan_tf import privacy
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 3
+BATCH = 7
+EXPECTED = 10.0  # Poisson batches: the expected size is not the realised one.
+
+
+@pytest.fixture(scope='module')
+def critic():
+  tf.keras.utils.set_random_seed(1)
+  return networks.build_critic(IMAGE_SHAPE, NUM_CLASSES, width=4)
+
+
+def make_records(n, seed=0):
+  rng = np.random.default_rng(seed)
+  images = lambda: tf.constant(rng.uniform(-1, 1, (n, *IMAGE_SHAPE)),
+                               tf.float32)
+  return (images(), images(),
+          tf.constant(rng.integers(0, NUM_CLASSES, n), tf.int32),
+          tf.constant(rng.uniform(0, 1, n), tf.float32))
+
+
+def loss_fn(loss, critic):
+  return lambda records: losses.critic_losses(loss, critic, *records)
+
+
+def make_optimizer(clip, sigma=0.0, num_microbatches=None, seed=(0, 0)):
+  return privacy.make_dp_critic_optimizer(
+      clip, sigma, num_microbatches, tf.Variable(seed, dtype=tf.int64))
+
+
+def private_gradients(engine, critic, records, loss='hinge', clip=1.0,
+                      sigma=0.0, microbatch_size=1, chunk_size=128,
+                      expected=EXPECTED, seed=(0, 0)):
+  """(gradients, norms) as numpy, from one engine."""
+  batch = int(records[0].shape[0])
+  optimizer = make_optimizer(
+      clip, sigma,
+      batch // microbatch_size if engine == 'jacobian' else None, seed)
+  grads, norms = dp_gradients.dp_gradients(
+      engine, optimizer, loss_fn(loss, critic), critic, records,
+      microbatch_size, expected, chunk_size,
+      loss_differentiates_inputs=loss == 'wgan_gp')
+  return [g.numpy() for g in grads], norms.numpy()
+
+
+def per_record_gradients(critic, records, loss='hinge'):
+  """Each record's gradient, one record at a time: a list of lists."""
+  result = []
+  for i in range(int(records[0].shape[0])):
+    one = tf.nest.map_structure(lambda t, i=i: t[i:i + 1], records)
+    with tf.GradientTape() as tape:
+      value = tf.reduce_sum(loss_fn(loss, critic)(one))
+    result.append(tape.gradient(value, critic.trainable_variables))
+  return result
+
+
+def global_norm(grads):
+  return float(tf.linalg.global_norm(grads))
+
+
+def assert_grads_close(actual, expected, atol=1e-6):
+  assert len(actual) == len(expected)
+  for a, e in zip(actual, expected):
+    np.testing.assert_allclose(a, e, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize('loss', losses.CRITIC_LOSSES)
+def test_engines_agree_without_noise(critic, loss):
+  records = make_records(4)
+  reference, _ = private_gradients('jacobian', critic, records, loss,
+                                   clip=0.05)
+  assert global_norm(reference) > 0
+  for engine in ('ghost', 'vectorized'):
+    grads, _ = private_gradients(engine, critic, records, loss, clip=0.05)
+    assert_grads_close(grads, reference)
+
+
+def test_engines_agree_with_microbatches(critic):
+  records = make_records(8)
+  reference, _ = private_gradients('jacobian', critic, records, clip=0.05,
+                                   microbatch_size=2, expected=4.0)
+  for engine in ('ghost', 'vectorized'):
+    grads, norms = private_gradients(engine, critic, records, clip=0.05,
+                                     microbatch_size=2, expected=4.0)
+    assert norms.shape == (4,)
+    assert_grads_close(grads, reference)
+
+
+def test_padded_examples_contribute_nothing(critic):
+  """Chunks of 3 pad 7 records to 9: the sum and normaliser must not change."""
+  records = make_records(BATCH)
+  reference, ref_norms = private_gradients('ghost', critic, records, clip=0.05)
+  for chunk_size in (3, BATCH):
+    grads, norms = private_gradients('vectorized', critic, records, clip=0.05,
+                                     chunk_size=chunk_size)
+    assert norms.shape == (BATCH,)
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
+    assert_grads_close(grads, reference)
+
+
+def test_per_example_norms_match_loop(critic):
+  records = make_records(BATCH)
+  expected = [global_norm(g) for g in per_record_gradients(critic, records)]
+  for engine in ('ghost', 'vectorized'):
+    _, norms = private_gradients(engine, critic, records)
+    np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('engine', dp_gradients.GRAD_ENGINES)
+def test_clipping_matches_query_preprocess_record(critic, engine):
+  records = make_records(BATCH)
+  per_record = per_record_gradients(critic, records)
+  clip = float(np.median([global_norm(g) for g in per_record]))
+  query = make_optimizer(clip)._dp_sum_query  # pylint: disable=protected-access
+  params = query.derive_sample_params(query.initial_global_state())
+  clipped = [query.preprocess_record(params, g) for g in per_record]
+  expected = [tf.add_n(parts) / EXPECTED for parts in zip(*clipped)]
+  grads, _ = private_gradients(engine, critic, records, clip=clip)
+  assert_grads_close(grads, expected)
+
+
+@pytest.mark.parametrize('engine', dp_gradients.GRAD_ENGINES)
+def test_tiny_clip_clips_each_example(critic, engine):
+  records = make_records(BATCH)
+  clip = 1e-4
+  units = [[t / global_norm(g) for t in g]
+           for g in per_record_gradients(critic, records)]
+  expected = [clip * tf.add_n(parts) / EXPECTED for parts in zip(*units)]
+  grads, _ = private_gradients(engine, critic, records, clip=clip)
+  assert_grads_close(grads, expected, atol=1e-10)
+  assert global_norm(grads) <= BATCH * clip / EXPECTED * (1 + 1e-5)
+
+
+@pytest.mark.parametrize('engine', dp_gradients.GRAD_ENGINES)
+def test_huge_clip_is_the_plain_gradient(critic, engine):
+  records = make_records(BATCH)
+  with tf.GradientTape() as tape:
+    total = tf.reduce_sum(loss_fn('hinge', critic)(records))
+  expected = [g / EXPECTED for g in
+              tape.gradient(total, critic.trainable_variables)]
+  grads, _ = private_gradients(engine, critic, records, clip=1e6)
+  assert_grads_close(grads, expected)
+
+
+def test_noise_std_is_sigma_times_clip(critic):
+  records = make_records(BATCH)
+  clip, sigma = 0.5, 2.0
+  clean, _ = private_gradients('ghost', critic, records, clip=clip)
+  noised, _ = private_gradients('ghost', critic, records, clip=clip,
+                                sigma=sigma, seed=(3, 4))
+  noise = np.concatenate([((n - c) * EXPECTED).ravel()
+                          for n, c in zip(noised, clean)])
+  assert noise.size > 2000  # The std's standard error is under 1.6%.
+  np.testing.assert_allclose(noise.mean(), 0.0, atol=0.1 * sigma * clip)
+  np.testing.assert_allclose(noise.std(), sigma * clip, rtol=0.05)
+  # Every engine draws the same noise from the same seed: same update.
+  for engine in ('vectorized', 'jacobian'):
+    grads, _ = private_gradients(engine, critic, records, clip=clip,
+                                 sigma=sigma, seed=(3, 4))
+    assert_grads_close(grads, noised, atol=1e-5)
+
+
+@pytest.mark.parametrize('engine', ('ghost', 'vectorized'))
+def test_poisson_batch_sizes_in_one_graph(critic, engine):
+  """One traced step serves every batch size, the empty batch included."""
+  optimizer = make_optimizer(0.05)
+  spec = tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), make_records(1))
+
+  @tf.function(input_signature=[spec])
+  def step(records):
+    return dp_gradients.dp_gradients(engine, optimizer,
+                                     loss_fn('hinge', critic), critic,
+                                     records, 1, EXPECTED, chunk_size=4)[0]
+
+  for n in (3, 6):
+    records = make_records(n, seed=n)
+    other = 'vectorized' if engine == 'ghost' else 'ghost'
+    expected, _ = private_gradients(other, critic, records, clip=0.05)
+    assert_grads_close([g.numpy() for g in step(records)], expected)
+  empty = step(make_records(0))
+  assert all(not np.any(g.numpy()) for g in empty)
+  assert step.experimental_get_tracing_count() == 1
+
+
+def test_ghost_falls_back_where_layer_capture_does_not_apply(critic):
+  choose = dp_gradients._choose_engine  # pylint: disable=protected-access
+  assert choose('ghost', critic, False)[0] == 'ghost'
+  assert choose('ghost', critic, True)[0] == 'vectorized'
+  generator = networks.build_generator(IMAGE_SHAPE, NUM_CLASSES, width=4)
+  assert dp_gradients.capturable_layers(generator) is None
+  assert choose('ghost', generator, False)[0] == 'vectorized'
+  assert choose('jacobian', critic, True)[0] == 'jacobian'
+
+
+def test_unknown_engine_is_rejected(critic):
+  with pytest.raises(ValueError, match='grad_engine'):
+    private_gradients('loop', critic, make_records(2))
