@@ -1,0 +1,479 @@
+"""Evaluates an exported generator: utility, fidelity and empirical privacy.
+
+`evaluate(config)` produces one report (see REPORT_KEYS and `summary`):
+
+* Downstream accuracy, train on synthetic / test on real: the fixed CNN of
+  `classifier.py` trained on `num_samples` class-balanced samples from the
+  export's `generate` signature, tested on the real test split; the same CNN
+  trained on as many real training examples is the ceiling.
+* Fidelity: Fréchet distance and k-NN precision/recall (`metrics.py`) between
+  `fid_samples` samples and as many real test images, in two feature spaces:
+  InceptionV3 pool features (FID proper; needs the ImageNet weights, which
+  may be unavailable offline: the report then says why) and, always, the
+  penultimate features of the dataset's own classifier (`domain_fid`: NOT
+  comparable to published FIDs). In the domain space the same numbers between
+  real training and real test images are reported as the floor a perfect
+  generator would reach at this sample size.
+* Empirical privacy (with `model_dir`): membership inference against the
+  trained critic (`membership.py`), beside the accounted guarantee read from
+  the export's dpgan.json.
+
+Order: every check that can fail (values, the export and its metadata against
+the dataset, the training run, the data) runs before any metric; outputs are
+written last, each to a temporary file renamed into place, so a failed run
+leaves no partial report and never harms an existing one.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Optional
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import scipy
+import sklearn
+import tensorflow as tf
+import tensorflow_datasets as tfds
+import tensorflow_privacy
+
+from dpgan_tf import callbacks as callbacks_lib
+from dpgan_tf import classifier
+from dpgan_tf import data as data_lib
+from dpgan_tf import export as export_lib
+from dpgan_tf import membership
+from dpgan_tf import metrics
+
+REPORT_KEYS = ('dataset', 'export', 'privacy', 'metrics', 'downstream',
+               'fidelity', 'membership_inference', 'samples_png', 'config',
+               'timings_s', 'versions')
+METRIC_KEYS = ('accuracy_synthetic', 'accuracy_real', 'domain_fid',
+               'domain_precision', 'domain_recall', 'inception_fid',
+               'inception_precision', 'inception_recall', 'mia_auc',
+               'mia_advantage')
+INCEPTION_SIZE = 299
+PRECISION_RECALL_K = 3
+_GENERATE_BATCH = 500
+
+
+class EvalError(ValueError):
+  """Bad input for an evaluation; the message names the flag or file."""
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """Everything an evaluation depends on (see eval.py for the flags)."""
+  export_dir: str
+  dataset: str
+  output: str
+  data_dir: Optional[str] = None
+  manual_dir: Optional[str] = None
+  model_dir: Optional[str] = None
+  num_samples: int = 10000
+  fid_samples: int = 2000
+  seed: int = 0
+  # 'imagenet' (download), a path to the no-top .h5 weights, or 'none'.
+  inception_weights: str = 'imagenet'
+  cache_dir: Optional[str] = None
+
+  @property
+  def samples_png(self) -> str:
+    return os.path.splitext(self.output)[0] + '.png'
+
+  @property
+  def feature_cache_dir(self) -> str:
+    return self.cache_dir or self.data_dir or tfds.core.constants.DATA_DIR
+
+
+@dataclasses.dataclass
+class _Checked:
+  """What validation established about the inputs."""
+  spec: data_lib.DatasetSpec
+  version_dir: str
+  metadata: dict
+  run_config: Optional[dict]
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise EvalError(message)
+
+
+def check_export(export_dir: str, spec: data_lib.DatasetSpec):
+  """The version directory and its metadata, checked against the dataset."""
+  version_dir = export_lib.resolve_version_dir(export_dir)
+  metadata = export_lib.read_metadata(version_dir)
+  exported = (metadata.get('dataset'), tuple(metadata.get('image_shape', ())),
+              metadata.get('num_classes'))
+  expected = (spec.name, spec.image_shape, spec.num_classes)
+  _require(exported == expected,
+           f'--export_dir: {version_dir} holds a generator trained on '
+           f'{exported[0]!r} (images {exported[1]}, {exported[2]} classes), '
+           f'not on --dataset={spec.name} (images {spec.image_shape}, '
+           f'{spec.num_classes} classes).')
+  return version_dir, metadata
+
+
+def validate(c: EvalConfig) -> _Checked:
+  """Checks everything that needs no data; raises ValueError naming it."""
+  _require(bool(c.dataset), '--dataset is required.')
+  _require(bool(c.export_dir), '--export_dir is required.')
+  _require(bool(c.output), '--output is required (the JSON report).')
+  spec = data_lib.get_spec(c.dataset)
+  _require(not os.path.isdir(c.output),
+           f'--output={c.output} is a directory; give a file name.')
+  export_lib.check_writable_dir(os.path.dirname(os.path.abspath(c.output)),
+                                '--output (its directory)')
+  _require(c.num_samples >= 2 * spec.num_classes,
+           f'--num_samples={c.num_samples} must be at least 2 per class '
+           f'({2 * spec.num_classes}).')
+  _require(PRECISION_RECALL_K < c.fid_samples <= c.num_samples,
+           f'--fid_samples={c.fid_samples} must be in '
+           f'({PRECISION_RECALL_K}, --num_samples={c.num_samples}].')
+  _require(c.seed >= 0, f'--seed={c.seed} must be non-negative.')
+  _require(c.inception_weights in ('imagenet', 'none') or
+           os.path.isfile(c.inception_weights),
+           f'--inception_weights={c.inception_weights} is not a file (give '
+           "the InceptionV3 no-top .h5 weights, 'imagenet' or 'none').")
+  if c.manual_dir:
+    data_lib.check_manual_dir(spec, c.manual_dir)
+  version_dir, metadata = check_export(c.export_dir, spec)
+  run_config = None
+  if c.model_dir:
+    _require(os.path.isdir(c.model_dir),
+             f'--model_dir={c.model_dir} is not a directory.')
+    run_config = membership.read_run_config(c.model_dir, spec)
+  return _Checked(spec, version_dir, metadata, run_config)
+
+
+def load_generator(version_dir: str, spec: data_lib.DatasetSpec):
+  """The exported module; checks its `generate` output shape."""
+  try:
+    module = tf.saved_model.load(version_dir)
+    generate = module.signatures['generate']
+    probe = generate(labels=tf.zeros([1], tf.int32),
+                     seed=tf.constant(0, tf.int64))['images']
+  except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    raise EvalError(f'--export_dir: {version_dir} is not a loadable DPGAN '
+                    f'export ({type(e).__name__}: {e}).') from e
+  _require(tuple(probe.shape[1:]) == spec.image_shape,
+           f'--export_dir: {version_dir} generates images of shape '
+           f'{tuple(probe.shape[1:])}, --dataset={spec.name} has '
+           f'{spec.image_shape}.')
+  return module
+
+
+def _load_split(c: EvalConfig, split: str,
+                max_examples: Optional[int] = None) -> data_lib.LabeledImages:
+  """load_split, with read errors of corrupt tfds files turned into EvalError.
+
+  load_split checks what tfds.load raises; a truncated record file only fails
+  while the examples are read.
+  """
+  try:
+    return data_lib.load_split(c.dataset, split, c.data_dir, c.manual_dir,
+                               max_examples)
+  except tf.errors.OpError as e:
+    raise EvalError(f'could not read {c.dataset}/{split} from '
+                    f'--data_dir={c.data_dir}: {type(e).__name__}: '
+                    f'{e.message}') from e
+
+
+def generate_samples(module, num_classes: int, num_samples: int,
+                     seed: int):
+  """Class-balanced samples (uint8 images, labels) in a seeded random order.
+
+  The order is shuffled so that any prefix (the FID subset) is balanced too.
+  Each batch gets its own seed for `generate`'s stateless noise.
+  """
+  rng = np.random.default_rng(seed)
+  labels = rng.permutation(np.arange(num_samples) % num_classes).astype(
+      np.int32)
+  batch_seeds = rng.integers(0, 2**62, size=-(-num_samples // _GENERATE_BATCH))
+  images = []
+  for i, batch_seed in enumerate(batch_seeds):
+    batch = labels[i * _GENERATE_BATCH:(i + 1) * _GENERATE_BATCH]
+    out = module.signatures['generate'](
+        labels=tf.constant(batch), seed=tf.constant(batch_seed, tf.int64))
+    images.append(np.round(out['images'].numpy() * 255).astype(np.uint8))
+    if i % 4 == 3 or i == len(batch_seeds) - 1:
+      logging.info('Generated %d/%d samples', min(num_samples, (i + 1) *
+                                                  _GENERATE_BATCH), num_samples)
+  return np.concatenate(images), labels
+
+
+def sample_grid(module, metadata: dict, seed: int) -> np.ndarray:
+  """A uint8 grid, a row per class, from the export's serving signature."""
+  serve = module.signatures['serving_default']
+
+  def generator(inputs, training):
+    del training  # The export is inference-only.
+    noise, labels = inputs
+    return serve(noise=noise, labels=tf.constant(labels))['images'] * 2 - 1
+
+  return callbacks_lib.sample_grid(generator, metadata['num_classes'],
+                                   metadata['latent_dim'], per_class=10,
+                                   seed=seed)
+
+
+def load_inception(weights: str):
+  """(InceptionV3 pool-feature model, {}) or (None, why it is missing)."""
+  if weights == 'none':
+    return None, {'reason': 'skipped: --inception_weights=none'}
+  try:
+    model = tf.keras.applications.InceptionV3(
+        include_top=False, weights=weights, pooling='avg',
+        input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3))
+  except Exception as e:  # pylint: disable=broad-except
+    # A failed download raises any of several types; the rest still runs.
+    return None, {
+        'reason': (f'InceptionV3 ImageNet weights unavailable from '
+                   f'{weights!r}; pass --inception_weights=PATH to '
+                   'inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5'),
+        'error': f'{type(e).__name__}: {e}'}
+  return model, {}
+
+
+def inception_features(model, images: np.ndarray,
+                       batch_size: int = 50) -> np.ndarray:
+  """Pool features [N, 2048]: 299x299, grayscale tiled to RGB, [-1, 1]."""
+  out = []
+  for start in range(0, len(images), batch_size):
+    x = tf.image.convert_image_dtype(images[start:start + batch_size],
+                                     tf.float32)
+    x = tf.image.resize(x, (INCEPTION_SIZE, INCEPTION_SIZE))
+    if x.shape[-1] == 1:
+      x = tf.tile(x, [1, 1, 1, 3])
+    out.append(model(x * 2 - 1, training=False).numpy())
+    if start // batch_size % 10 == 0:
+      logging.info('Inception features: %d/%d', start + len(x), len(images))
+  return np.concatenate(out)
+
+
+def fidelity(fake, real, real_reference=None) -> dict:
+  """FID and precision/recall of fake vs real features (and real_reference
+  vs real, the floor at this sample size)."""
+  result = {'fid': metrics.frechet_distance(fake, real),
+            **metrics.precision_recall(real, fake, PRECISION_RECALL_K)}
+  if real_reference is not None:
+    result['real_reference'] = fidelity(real_reference, real)
+  return result
+
+
+class _Timer:
+  """Wall-clock seconds per stage, for the report."""
+
+  def __init__(self):
+    self.seconds = {}
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str):
+    logging.info('Evaluation: %s ...', stage)
+    start = time.time()
+    yield
+    self.seconds[stage] = round(time.time() - start, 2)
+
+
+def _versions(mia_implementation: Optional[str]) -> dict:
+  return {'python': platform.python_version(), 'tensorflow': tf.__version__,
+          'tensorflow_datasets': tfds.__version__,
+          'tensorflow_privacy': tensorflow_privacy.__version__,
+          'numpy': np.__version__, 'scipy': scipy.__version__,
+          'scikit_learn': sklearn.__version__,
+          'membership_attack': mia_implementation}
+
+
+def _write_atomically(path: str, write) -> None:
+  staging = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(staging, 'wb') as f:
+      write(f)
+    os.replace(staging, path)
+  finally:
+    if os.path.exists(staging):
+      os.remove(staging)
+
+
+def evaluate(c: EvalConfig) -> dict:
+  """Runs the whole evaluation and writes its outputs; returns the report."""
+  checked = validate(c)
+  spec, metadata = checked.spec, checked.metadata
+  timer = _Timer()
+  with timer('load data'):
+    module = load_generator(checked.version_dir, spec)
+    test = _load_split(c, 'test')
+    _require(c.fid_samples <= len(test),
+             f'--fid_samples={c.fid_samples} exceeds the {len(test)} '
+             f'{c.dataset} test examples.')
+    k = (checked.run_config or {}).get('max_train_examples') or 0
+    train = _load_split(c, 'train', max(c.num_samples,
+                                        classifier.FEATURE_TRAIN_EXAMPLES, k))
+  rng = np.random.default_rng(c.seed)
+  with timer('generate'):
+    fake_images, fake_labels = generate_samples(module, spec.num_classes,
+                                                c.num_samples, c.seed)
+    grid = sample_grid(module, metadata, c.seed)
+
+  with timer('downstream classifiers'):
+    synthetic = classifier.train_classifier(
+        fake_images, fake_labels, spec.image_shape, spec.num_classes,
+        classifier.DOWNSTREAM, c.seed, name='synthetic-trained')
+    real_idx = np.sort(rng.choice(len(train), min(c.num_samples, len(train)),
+                                  replace=False))
+    real = classifier.train_classifier(
+        train.images[real_idx], train.labels[real_idx], spec.image_shape,
+        spec.num_classes, classifier.DOWNSTREAM, c.seed, name='real-trained')
+    downstream = {
+        **classifier.describe(),
+        'test_examples': len(test),
+        'synthetic': {'train_examples': c.num_samples,
+                      'test_accuracy': classifier.accuracy(
+                          synthetic, test.images, test.labels)},
+        'real': {'train_examples': len(real_idx),
+                 'test_accuracy': classifier.accuracy(real, test.images,
+                                                      test.labels)},
+    }
+
+  fake_fid = fake_images[:c.fid_samples]
+  test_fid = test.images[np.sort(rng.choice(len(test), c.fid_samples,
+                                            replace=False))]
+  train_fid = train.images[np.sort(rng.choice(len(train), min(
+      c.fid_samples, len(train)), replace=False))]
+  with timer('domain features'):
+    feature_model, feature_info = classifier.load_or_train_feature_classifier(
+        c.dataset, train.images, train.labels, spec.image_shape,
+        spec.num_classes, c.feature_cache_dir, c.seed)
+    feature_info['test_accuracy'] = classifier.accuracy(
+        feature_model, test.images, test.labels)
+    domain = {
+        'name': f'Fréchet distance in {c.dataset} classifier features '
+                '(not Inception FID)',
+        'feature_classifier': feature_info,
+        **fidelity(*(classifier.features(feature_model, x)
+                     for x in (fake_fid, test_fid, train_fid))),
+    }
+  with timer('inception features'):
+    inception_model, why_not = load_inception(c.inception_weights)
+    if inception_model is None:
+      logging.warning('Inception FID skipped: %s', why_not)
+      inception = {'available': False, **why_not}
+    else:
+      inception = {'available': True, 'weights': c.inception_weights,
+                   **fidelity(inception_features(inception_model, fake_fid),
+                              inception_features(inception_model, test_fid))}
+
+  if c.model_dir:
+    with timer('membership inference'):
+      attack = membership.attack_critic(c.model_dir, spec, train, test,
+                                        c.seed, checked.run_config)
+  else:
+    attack = {'skipped': 'no --model_dir (the training run) given'}
+
+  privacy = {key: metadata.get(key) for key in (
+      'epsilon', 'delta', 'guarantee', 'noise_multiplier', 'sampling_rate',
+      'sampling', 'critic_steps', 'accountant', 'dataset_size')}
+  if metadata.get('epsilon') is not None:
+    privacy['advantage_bound'] = membership.advantage_bound(
+        metadata['epsilon'], metadata['delta'])
+  report = {
+      'dataset': c.dataset,
+      'export': {'path': checked.version_dir,
+                 'version': os.path.basename(checked.version_dir)},
+      'privacy': privacy,
+      'metrics': {
+          'accuracy_synthetic': downstream['synthetic']['test_accuracy'],
+          'accuracy_real': downstream['real']['test_accuracy'],
+          'domain_fid': domain['fid'],
+          'domain_precision': domain['precision'],
+          'domain_recall': domain['recall'],
+          'inception_fid': inception.get('fid'),
+          'inception_precision': inception.get('precision'),
+          'inception_recall': inception.get('recall'),
+          'mia_auc': attack.get('auc'),
+          'mia_advantage': attack.get('advantage'),
+      },
+      'downstream': downstream,
+      'fidelity': {'fid_samples': c.fid_samples, 'domain': domain,
+                   'inception': inception},
+      'membership_inference': attack,
+      'samples_png': c.samples_png,
+      'config': dataclasses.asdict(c),
+      'timings_s': timer.seconds,
+      'versions': _versions(attack.get('implementation')),
+  }
+  write_outputs(c, report, grid, metadata.get('critic_steps') or 0)
+  return report
+
+
+def write_outputs(c: EvalConfig, report: dict, grid: np.ndarray,
+                  step: int) -> None:
+  """The JSON report, the PNG grid beside it, and TensorBoard summaries."""
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  _write_atomically(c.samples_png, lambda f: image.save(f, format='PNG'))
+  _write_atomically(c.output, lambda f: f.write(
+      json.dumps(report, indent=2, sort_keys=True).encode()))
+  if c.model_dir:
+    writer = tf.summary.create_file_writer(os.path.join(c.model_dir, 'eval'))
+    with writer.as_default():
+      for key, value in report['metrics'].items():
+        if value is not None:
+          tf.summary.scalar(f'eval/{key}', value, step=step)
+      tf.summary.image('eval/samples', grid[None], step=step)
+    writer.close()
+
+
+def _fmt(value, spec: str = '.4f') -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+def summary(report: dict) -> str:
+  """The report on one screen."""
+  m = report['metrics']
+  privacy = report['privacy']
+  domain = report['fidelity']['domain']
+  downstream = report['downstream']
+  inception = report['fidelity']['inception']
+  attack = report['membership_inference']
+  lines = [
+      f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
+      f'  Guarantee: {privacy.get("guarantee")}',
+      f'  Accuracy on {downstream["test_examples"]} real test images of '
+      'the fixed CNN trained on',
+      f'    {downstream["synthetic"]["train_examples"]} samples '
+      f'{_fmt(m["accuracy_synthetic"])}   {downstream["real"]["train_examples"]}'
+      f' real examples (ceiling) {_fmt(m["accuracy_real"])}',
+      f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
+      f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs test: '
+      f'{_fmt(domain["real_reference"]["fid"], ".3f")})',
+      f'    precision {_fmt(m["domain_precision"])} recall '
+      f'{_fmt(m["domain_recall"])} (real: '
+      f'{_fmt(domain["real_reference"]["precision"])} / '
+      f'{_fmt(domain["real_reference"]["recall"])})',
+  ]
+  if inception['available']:
+    lines.append(f'  Inception FID {_fmt(m["inception_fid"], ".3f")} '
+                 f'precision {_fmt(m["inception_precision"])} recall '
+                 f'{_fmt(m["inception_recall"])}')
+  else:
+    lines.append(f'  Inception FID: n/a ({inception["reason"]})')
+  if 'skipped' in attack:
+    lines.append(f'  Membership inference: {attack["skipped"]}')
+  else:
+    lines.append(
+        f'  Membership inference on the critic ({attack["implementation"]}, '
+        f'{attack["num_members"]} members vs {attack["num_nonmembers"]} '
+        'non-members):')
+    for name, result in sorted(attack['attacks'].items()):
+      lines.append(f'    {name}: AUC {_fmt(result["auc"])} advantage '
+                   f'{_fmt(result["advantage"])}')
+    if privacy.get('advantage_bound') is not None:
+      lines.append(f'    (bound from the guarantee: advantage <= '
+                   f'{_fmt(privacy["advantage_bound"])})')
+  lines.append(f'  Samples: {report["samples_png"]}')
+  lines.append('  Timings (s): ' + ', '.join(
+      f'{k} {v:.0f}' for k, v in report['timings_s'].items()))
+  return '\n'.join(lines)
