@@ -139,14 +139,22 @@ def validate(c: EvalConfig) -> _Checked:
            os.path.isfile(c.inception_weights),
            f'--inception_weights={c.inception_weights} is not a file (give '
            "the InceptionV3 no-top .h5 weights, 'imagenet' or 'none').")
-  if c.manual_dir:
-    data_lib.check_manual_dir(spec, c.manual_dir)
   version_dir, metadata = check_export(c.export_dir, spec)
   run_config = None
   if c.model_dir:
     _require(os.path.isdir(c.model_dir),
              f'--model_dir={c.model_dir} is not a directory.')
     run_config = membership.read_run_config(c.model_dir, spec)
+  if c.manual_dir:
+    data_lib.check_manual_dir(spec, c.manual_dir)
+  else:
+    # Otherwise tfds would try to download, retrying for minutes offline:
+    # the evaluation must read the data the run trained on, already prepared.
+    data_dir = c.data_dir or tfds.core.constants.DATA_DIR
+    _require(tfds.builder(spec.tfds_name, data_dir=data_dir).is_prepared(),
+             f'--data_dir={data_dir} holds no prepared {spec.tfds_name}; give '
+             'the --data_dir the training run used, or --manual_dir with the '
+             'raw files.')
   return _Checked(spec, version_dir, metadata, run_config)
 
 

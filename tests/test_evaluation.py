@@ -147,6 +147,8 @@ def test_unavailable_inception_weights_are_reported(monkeypatch):
     ({'output': '/'}, 'is a directory'),
     ({'manual_dir': '/nonexistent'}, '--manual_dir=/nonexistent'),
     ({'model_dir': '/'}, 'run_config.json'),
+    ({'manual_dir': None, 'data_dir': '/nonexistent'},
+     '--data_dir=/nonexistent holds no prepared fashion_mnist'),
 ])
 def test_bad_inputs_are_rejected_before_any_work(tmp_path, tiny_export,
                                                  overrides, match):
@@ -160,6 +162,14 @@ def test_model_dir_of_another_dataset_is_rejected(tmp_path, tiny_export):
   with pytest.raises(ValueError, match="trained on 'mnist'"):
     evaluation.validate(_config(tmp_path, None, export_dir=tiny_export,
                                 model_dir=model_dir))
+
+
+def test_empty_data_dir_is_rejected_without_downloading(tmp_path,
+                                                        tiny_export):
+  with pytest.raises(ValueError, match='holds no prepared fashion_mnist'):
+    evaluation.validate(_config(tmp_path, str(tmp_path), manual_dir=None,
+                                export_dir=tiny_export))
+  assert os.listdir(tmp_path) == []  # Nothing written there.
 
 
 def test_corrupt_data_dir_is_rejected(tmp_path, tiny_export, tfds_dir):
