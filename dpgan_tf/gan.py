@@ -15,6 +15,13 @@ without real data (generator loss, the critic's loss on fakes, epsilon).
 Anything else read from real data (critic loss on the real batch, the
 Wasserstein estimate, clipping statistics, the realised batch size) is a
 non-private diagnostic, computed only when asked for and named `nonprivate_*`.
+
+Under tf.distribute each replica gets a slice of every global batch. The
+randomness of a step (fakes, interpolation points, the generator's batch) is
+drawn for the global batch and sliced, so an update does not depend on how
+the batch is split: with the same seed, a run on several devices makes the
+updates of a single-device run. Metrics are global means, identical on every
+replica, so Keras reports the first replica's.
 """
 
 import tensorflow as tf
@@ -38,6 +45,9 @@ class ConditionalDPGAN(keras.Model):
                microbatch_size=1, expected_batch_size=64, seed=0,
                chunk_size=128, nonprivate_diagnostics=False, **kwargs):
     super().__init__(**kwargs)
+    # Every replica returns the global metrics (see module doc); Keras's
+    # default would sum them over replicas.
+    self.distribute_reduction_method = 'first'
     self.generator = generator
     self.critic = critic
     self.ledger = ledger
@@ -78,16 +88,38 @@ class ConditionalDPGAN(keras.Model):
     ctx = tf.distribute.get_replica_context()
     return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
 
+  def _sum_over_replicas(self, value):
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync == 1:
+      return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+  def _global_mean(self, values):
+    """Mean of per-record values over the global batch; 0 if it is empty."""
+    total = self._sum_over_replicas(tf.stack([
+        tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)]))
+    return tf.math.divide_no_nan(total[0], total[1])
+
+  def _global_rows(self, n):
+    """(offset of this replica's n records in the global batch, its size)."""
+    replica_id, replicas = self._replica()
+    if replicas == 1:
+      return 0, n
+    sizes = tf.distribute.get_replica_context().all_gather(
+        tf.reshape(n, [1]), axis=0)
+    return tf.reduce_sum(sizes[:replica_id]), tf.reduce_sum(sizes)
+
   def critic_records(self, images, labels, critic_step):
     """Real examples paired with fakes of their class: one record each."""
     real = data_lib.to_model_range(images)
     n = tf.shape(labels)[0]
-    replica_id, _ = self._replica()
-    key = lambda s: self._key(s, critic_step * 1024 + tf.cast(replica_id,
-                                                             tf.int64))
-    noise = tf.random.stateless_normal([n, self.latent_dim], key(_FAKE_NOISE))
+    offset, total = self._global_rows(n)
+    rows = lambda t: t[offset:offset + n]
+    noise = rows(tf.random.stateless_normal(
+        [total, self.latent_dim], self._key(_FAKE_NOISE, critic_step)))
     fake = tf.stop_gradient(self.generator([noise, labels], training=True))
-    interpolation = tf.random.stateless_uniform([n], key(_INTERPOLATION))
+    interpolation = rows(tf.random.stateless_uniform(
+        [total], self._key(_INTERPOLATION, critic_step)))
     return real, fake, labels, interpolation
 
   def record_losses(self, records):
@@ -109,54 +141,74 @@ class ConditionalDPGAN(keras.Model):
     self.d_optimizer.apply_gradients(zip(grads, variables),
                                      experimental_aggregate_gradients=False)
     if self.critic_weight_clip > 0:
-      for v in variables:
-        v.assign(tf.clip_by_value(v, -self.critic_weight_clip,
-                                  self.critic_weight_clip))
-    self.ledger.critic_steps.assign_add(1)
+      self._clip_critic_weights()
+    # Once per global step, whether or not the ledger is replicated.
+    tf.distribute.get_replica_context().merge_call(
+        lambda _: self.ledger.critic_steps.assign_add(1))
 
     real, fake, labels, _ = records
     fake_scores = self.critic([fake, labels], training=False)
-    metrics = {'critic_loss_fake': self._fake_term(fake_scores)}
+    metrics = {
+        'critic_loss_fake': self._global_mean(self._fake_terms(fake_scores))}
     if self.nonprivate_diagnostics:
       real_scores = self.critic([real, labels], training=False)
       metrics.update({
-          'nonprivate_critic_loss': tf.reduce_mean(self.record_losses(records)),
-          'nonprivate_wasserstein_estimate': (tf.reduce_mean(real_scores) -
-                                              tf.reduce_mean(fake_scores)),
-          'nonprivate_batch_size': tf.cast(tf.shape(labels)[0], tf.float32),
+          'nonprivate_critic_loss': self._global_mean(
+              self.record_losses(records)),
+          'nonprivate_wasserstein_estimate': self._global_mean(
+              real_scores - fake_scores),
+          'nonprivate_batch_size': self._sum_over_replicas(
+              tf.cast(tf.shape(labels)[0], tf.float32)),
       })
       if self.grad_engine != 'jacobian':
         clip = self.d_optimizer._dp_sum_query._l2_norm_clip  # pylint: disable=protected-access
-        metrics['nonprivate_clipped_fraction'] = tf.reduce_mean(
+        metrics['nonprivate_clipped_fraction'] = self._global_mean(
             tf.cast(norms > clip, tf.float32))
-        metrics['nonprivate_mean_grad_norm'] = tf.reduce_mean(norms)
+        metrics['nonprivate_mean_grad_norm'] = self._global_mean(norms)
     return metrics
 
-  def _fake_term(self, fake_scores):
-    """The critic loss's fake-data term: computed without real data."""
+  def _clip_critic_weights(self):
+    """Clips in cross-replica context: a replica may not assign a mirrored
+    variable that has no aggregation."""
+    c = self.critic_weight_clip
+
+    def clip(strategy):
+      for v in self.critic.trainable_variables:
+        strategy.extended.update(
+            v, lambda var: var.assign(tf.clip_by_value(var, -c, c)))
+
+    tf.distribute.get_replica_context().merge_call(clip)
+
+  def _fake_terms(self, fake_scores):
+    """The critic loss's fake-data term per record: no real data involved."""
     if self.loss_type == 'hinge':
-      return tf.reduce_mean(tf.nn.relu(1.0 + fake_scores))
-    return tf.reduce_mean(fake_scores)
+      return tf.nn.relu(1.0 + fake_scores)
+    return fake_scores
 
   def generator_step(self):
     """One generator update on uniformly drawn classes (no real data)."""
     replica_id, replicas = self._replica()
-    size = max(1, self.expected_batch_size // replicas)
-    counter = self.generator_steps * 1024 + tf.cast(replica_id, tf.int64)
-    labels = tf.random.stateless_uniform([size], self._key(_GEN_LABELS,
-                                                           counter),
-                                         0, self.num_classes, tf.int32)
-    noise = tf.random.stateless_normal([size, self.latent_dim],
-                                       self._key(_GEN_NOISE, counter))
+    size = max(self.expected_batch_size, replicas)
+    labels = tf.random.stateless_uniform(
+        [size], self._key(_GEN_LABELS, self.generator_steps), 0,
+        self.num_classes, tf.int32)
+    noise = tf.random.stateless_normal(
+        [size, self.latent_dim], self._key(_GEN_NOISE, self.generator_steps))
+    begin = replica_id * size // replicas
+    end = (replica_id + 1) * size // replicas
     with tf.GradientTape() as tape:
-      fake = self.generator([noise, labels], training=True)
-      loss = losses.generator_loss(self.critic([fake, labels], training=False))
-      scaled = loss / replicas
-    grads = tape.gradient(scaled, self.generator.trainable_variables)
+      fake = self.generator([noise[begin:end], labels[begin:end]],
+                            training=True)
+      loss = losses.generator_loss(
+          self.critic([fake, labels[begin:end]], training=False))
+      # This replica's share of the global mean: the optimizer sums the
+      # replicas' gradients.
+      share = loss * tf.cast(end - begin, tf.float32) / size
+    grads = tape.gradient(share, self.generator.trainable_variables)
     self.g_optimizer.apply_gradients(zip(grads,
                                          self.generator.trainable_variables))
     self.generator_steps.assign_add(1)
-    return loss
+    return self._sum_over_replicas(share)
 
   def train_step(self, data):
     """`data`: a tuple of n_critic (uint8 images, int32 labels) batches."""

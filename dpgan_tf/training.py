@@ -14,7 +14,9 @@ import json
 import math
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from typing import Optional
 
 from absl import logging
@@ -38,8 +40,12 @@ class ResumeMismatch(ValueError):
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
+  """`mirrored` uses every local GPU, or every logical CPU if there is none
+  (MirroredStrategy's own default would use one CPU)."""
   if name == 'mirrored':
-    return tf.distribute.MirroredStrategy()
+    devices = (tf.config.list_logical_devices('GPU') or
+               tf.config.list_logical_devices('CPU'))
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == 'multi_worker':
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
@@ -147,6 +153,10 @@ class TrainResult:
 def train(c: config_lib.TrainConfig) -> TrainResult:
   """Runs (or resumes) training as configured; see module doc."""
   config_lib.validate(c)
+  # Before any TensorFlow op: MultiWorkerMirroredStrategy must configure the
+  # collective ops at program startup.
+  strategy = make_strategy(c.strategy)
+  chief = is_chief(strategy)
   export_lib.check_writable_dir(c.model_dir, '--model_dir')
   if c.export_dir:
     export_lib.check_writable_dir(c.export_dir, '--export_dir')
@@ -181,13 +191,14 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   total_generator_steps = allowed_critic_steps // c.n_critic
   stopped_by_budget = total_generator_steps < planned_generator_steps
 
-  strategy = make_strategy(c.strategy)
-  chief = is_chief(strategy)
   seed = c.seed if c.seed is not None else secrets.randbits(63)
   tf.keras.utils.set_random_seed(seed % 2**32)
+  # Outside the strategy: the ledger is host-side accounting, not replicated
+  # state (MultiWorkerMirroredStrategy cannot broadcast its strings). The
+  # model counts each critic step once, in cross-replica context.
+  ledger = privacy.PrivacyLedger(sigma, q, c.delta, n, c.microbatch_size,
+                                 c.l2_norm_clip, c.sampling, c.dataset)
   with strategy.scope():
-    ledger = privacy.PrivacyLedger(sigma, q, c.delta, n, c.microbatch_size,
-                                   c.l2_norm_clip, c.sampling, c.dataset)
     generator = networks.build_generator(spec.image_shape, spec.num_classes,
                                          c.latent_dim, c.generator_width)
     critic = networks.build_critic(spec.image_shape, spec.num_classes,
@@ -207,13 +218,17 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         g_optimizer=tf.keras.optimizers.legacy.Adam(
             c.generator_lr, beta_1=c.beta_1, beta_2=c.beta_2))
     checkpoint = make_checkpoint(model)
-  checkpoint_dir = c.model_dir if chief else os.path.join(
-      c.model_dir, f'.worker-{strategy.cluster_resolver.task_id}')
-  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+  # Every worker resumes from the chief's checkpoints (--model_dir on a
+  # shared file system). Saving is collective under
+  # MultiWorkerMirroredStrategy, so every worker saves: the others to a
+  # scratch directory, removed at the end.
+  scratch = None if chief else tempfile.mkdtemp(prefix='dpgan-worker-')
+  manager = tf.train.CheckpointManager(checkpoint, scratch or c.model_dir,
                                        max_to_keep=c.keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info('Resumed from %s', manager.latest_checkpoint)
+  latest_checkpoint = tf.train.latest_checkpoint(c.model_dir)
+  if latest_checkpoint:
+    checkpoint.restore(latest_checkpoint).assert_existing_objects_matched()
+    logging.info('Resumed from %s', latest_checkpoint)
   elif chief:
     os.makedirs(c.model_dir, exist_ok=True)
     _write_json_atomically(os.path.join(c.model_dir, RUN_CONFIG_FILE),
@@ -230,12 +245,12 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
                                             c.sampling, seed)
   monitor = callbacks_lib.PrivacyMonitor(ledger, curve, c.target_epsilon,
                                          c.log_every, total_generator_steps)
-  cbs = [monitor, callbacks_lib.NonFiniteGuard()]
+  cbs = [monitor, callbacks_lib.NonFiniteGuard(),
+         callbacks_lib.PeriodicCheckpoint(manager, c.checkpoint_every)]
   if chief:
-    cbs += [callbacks_lib.PeriodicCheckpoint(manager, c.checkpoint_every),
-            callbacks_lib.TensorBoardMonitor(
-                os.path.join(c.model_dir, 'train'), spec.num_classes,
-                c.latent_dim, c.batch_size * c.n_critic, c.sample_every)]
+    cbs.append(callbacks_lib.TensorBoardMonitor(
+        os.path.join(c.model_dir, 'train'), spec.num_classes, c.latent_dim,
+        c.batch_size * c.n_critic, c.sample_every))
   logging.info('Privacy plan: sigma=%.4g q=%.4g delta=%g, %d critic steps '
                '(%d planned), %s sampling, target epsilon=%s', sigma, q,
                c.delta, total_generator_steps * c.n_critic,
@@ -269,13 +284,17 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     message = 'Training finished.'
 
   export_path = None
-  if c.export_dir and chief:
+  if c.export_dir:
     latest = export_lib.latest_metadata(c.export_dir)
     if latest is None or latest.get('critic_steps') != int(
         ledger.critic_steps.numpy()):
-      export_path = export_lib.export_generator(
-          generator, c.export_dir, c.latent_dim,
+      # Like checkpoints, the other workers write theirs to scratch.
+      path = export_lib.export_generator(
+          generator, scratch or c.export_dir, c.latent_dim,
           export_metadata(c, ledger, spec))
+      export_path = None if scratch else path
+  if scratch:
+    shutil.rmtree(scratch, ignore_errors=True)
   return TrainResult(epsilon, int(ledger.critic_steps.numpy()),
                      int(model.generator_steps.numpy()), export_path,
                      stopped_by_budget, message)
