@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dpgan_tf import callbacks
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
@@ -108,6 +109,9 @@ def main(argv):
   except ValueError as e:  # Bad input: a clear message, nothing harmed.
     print(f'train.py: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except callbacks.TrainingDiverged as e:
+    print(f'train.py: training diverged: {e}', file=sys.stderr)
+    sys.exit(3)
   print(result.message)
   print(f'Final epsilon: {result.epsilon:.4f} (delta={config.delta:g}) after '
         f'{result.critic_steps} critic steps '

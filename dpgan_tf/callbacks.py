@@ -47,17 +47,21 @@ class PrivacyMonitor(tf.keras.callbacks.Callback):
                    self.total_steps, steps, shown)
 
 
+def _raise_diverged(model, what: str):
+  raise TrainingDiverged(
+      f'{what} became non-finite at generator step '
+      f'{int(model.generator_steps.numpy())}. Training stopped; the last good '
+      'checkpoint is kept and its ledger counts only its own steps. Try a '
+      'lower --critic_lr/--generator_lr or --loss=hinge.')
+
+
 class NonFiniteGuard(tf.keras.callbacks.Callback):
   """Stops training on a NaN/Inf loss, before the state is checkpointed."""
 
   def on_train_batch_end(self, batch, logs=None):
     bad = sorted(k for k, v in logs.items() if not math.isfinite(float(v)))
     if bad:
-      raise TrainingDiverged(
-          f'{", ".join(bad)} became non-finite at generator step '
-          f'{int(self.model.generator_steps.numpy())}. Training stopped; the '
-          'last good checkpoint is kept and the ledger counts only its steps. '
-          'Try a lower --critic_lr/--generator_lr or --loss=hinge.')
+      _raise_diverged(self.model, ', '.join(bad))
 
 
 class PeriodicCheckpoint(tf.keras.callbacks.Callback):
@@ -73,6 +77,11 @@ class PeriodicCheckpoint(tf.keras.callbacks.Callback):
     self.every = every
 
   def _save(self):
+    # A step can make the weights non-finite before any loss shows it.
+    weights = self.model.generator.get_weights() + (
+        self.model.critic.get_weights())
+    if not all(np.isfinite(w).all() for w in weights):
+      _raise_diverged(self.model, 'the model weights')
     step = int(self.model.generator_steps.numpy())
     latest = self.manager.latest_checkpoint
     if latest is None or not latest.endswith(f'-{step}'):
@@ -97,6 +106,14 @@ def sample_grid(generator, num_classes: int, latent_dim: int, per_class: int,
   grid = images.reshape(num_classes, per_class, h, w, c)
   return grid.transpose(0, 2, 1, 3, 4).reshape(num_classes * h, per_class * w,
                                                c)
+
+
+def write_sample_png(generator, path: str, num_classes: int,
+                     latent_dim: int) -> None:
+  """Saves a per-class sample grid as PNG (generator output only)."""
+  png = tf.io.encode_png(sample_grid(generator, num_classes, latent_dim,
+                                     per_class=10))
+  tf.io.write_file(path, png)
 
 
 class TensorBoardMonitor(tf.keras.callbacks.Callback):

@@ -99,6 +99,8 @@ def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
 
 def _check_idx_file(path: str) -> None:
   """Verifies an IDX(.gz) file's header against its length."""
+  if os.path.getsize(path) == 0:
+    raise DataError(f'--manual_dir: {path} is empty.')
   try:
     with gzip.open(path, 'rb') as f:
       data = f.read()

@@ -23,6 +23,7 @@ from dpgan_tf import data as data_lib
 
 METADATA_FILE = 'dpgan.json'
 _VERSION = re.compile(r'^\d+$')
+_STAGING_PREFIX = '.incomplete-'
 
 
 class ExportError(ValueError):
@@ -86,9 +87,12 @@ def export_generator(generator: tf.keras.Model, export_dir: str,
                      latent_dim: int, metadata: dict) -> str:
   """Writes a new version under export_dir; returns its path."""
   os.makedirs(export_dir, exist_ok=True)
+  for name in os.listdir(export_dir):  # Left by an export that was killed.
+    if name.startswith(_STAGING_PREFIX):
+      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
   versions = list_versions(export_dir)
   version = (versions[-1] + 1) if versions else 1
-  staging = tempfile.mkdtemp(prefix='.incomplete-', dir=export_dir)
+  staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=export_dir)
   try:
     metadata_path = os.path.join(staging, METADATA_FILE)
     with open(metadata_path, 'w') as f:

@@ -268,6 +268,10 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
               callbacks=cbs, verbose=verbose)
 
   trained = int(model.generator_steps.numpy()) - done
+  if chief:
+    callbacks_lib.write_sample_png(generator,
+                                   os.path.join(c.model_dir, 'samples.png'),
+                                   spec.num_classes, c.latent_dim)
   epsilon = ledger.epsilon()
   if trained == 0:
     message = (f'Nothing to train: the run in {c.model_dir} already took '

@@ -1,0 +1,240 @@
+"""Crashes, bad input and divergence: nothing lost, privacy never overspent."""
+
+import gzip
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import FASHION_MNIST_DIR, REPO_ROOT
+from dpgan_tf import export
+from dpgan_tf import training
+from test_training import tiny_config
+
+_TINY_FLAGS = ['--dataset=fashion_mnist', f'--manual_dir={FASHION_MNIST_DIR}',
+               '--max_train_examples=256', '--batch_size=32', '--delta=1e-4',
+               '--latent_dim=16', '--generator_width=8', '--critic_width=8',
+               '--log_every=4', '--sample_every=4']
+
+
+def _train_cli(*flags, **kwargs):
+  return subprocess.run([sys.executable, 'train.py', *_TINY_FLAGS, *flags],
+                        cwd=REPO_ROOT, capture_output=True, text=True,
+                        **kwargs)
+
+
+def _listing(directory):
+  """Every file under directory with its size and mtime."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, directory)] = (os.path.getsize(path),
+                                               os.path.getmtime(path))
+  return out
+
+
+def _export_tensors(export_dir):
+  path = os.path.join(export.resolve_version_dir(export_dir), 'variables',
+                      'variables')
+  reader = tf.train.load_checkpoint(path)
+  tensors = {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(path)}
+  return {n: t for n, t in tensors.items()
+          if isinstance(t, np.ndarray) and t.dtype.kind == 'f'}
+
+
+def _run_and_kill_at(args, step, delay):
+  """Starts training, SIGKILLs it `delay` s after it logs generator `step`.
+
+  Returns whether it was killed (False if it finished first). Killing on a
+  logged step, not after a fixed time, puts the kill at the same point of
+  training on any machine; the random delay moves it across the step, the
+  checkpoint write and the export.
+  """
+  proc = subprocess.Popen([sys.executable, 'train.py', *_TINY_FLAGS, *args],
+                          cwd=REPO_ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  for line in proc.stderr:
+    if f' step {step}/' in line:
+      time.sleep(delay)
+      proc.kill()  # SIGKILL: no cleanup runs
+      proc.wait()
+      return True
+  proc.wait()
+  return False
+
+
+def test_kill_9_at_random_points_then_rerun_equals_uninterrupted(
+    tmp_path, tfds_dir, fashion_mnist_small):
+  del fashion_mnist_small  # prepared: runs start in seconds
+
+  def flags(name):
+    return [f'--data_dir={tfds_dir}',
+            f'--model_dir={tmp_path / name / "m"}',
+            f'--export_dir={tmp_path / name / "e"}', '--epochs=2',
+            '--checkpoint_every=2', '--log_every=1', '--target_epsilon=8',
+            '--seed=3']
+
+  straight = _train_cli(*flags('straight'), check=True)
+  rng = random.Random(20261130)
+  # Increasing kill points, each after the last checkpoint of the previous
+  # attempt; the last one lands at the end of training, around the export.
+  kills = [_run_and_kill_at(flags('killed'), step, rng.uniform(0, 0.5))
+           for step in (rng.randint(2, 5), rng.randint(7, 11), 16)]
+  assert sum(kills) >= 2
+  resumed = _train_cli(*flags('killed'), check=True)
+  final_line = [l for l in resumed.stdout.splitlines()
+                if l.startswith('Final epsilon')]
+  assert final_line == [l for l in straight.stdout.splitlines()
+                        if l.startswith('Final epsilon')]
+  a_meta = export.latest_metadata(str(tmp_path / 'straight' / 'e'))
+  b_meta = export.latest_metadata(str(tmp_path / 'killed' / 'e'))
+  assert a_meta['epsilon'] == b_meta['epsilon'] <= 8
+  assert a_meta['critic_steps'] == b_meta['critic_steps'] == 16
+  a, b = (_export_tensors(str(tmp_path / d / 'e')) for d in ('straight',
+                                                            'killed'))
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  assert not [n for n in os.listdir(tmp_path / 'killed' / 'e')
+              if n.startswith('.')]
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tfds_dir):
+  tmp = tmp_path_factory.mktemp('finished')
+  config = tiny_config(tmp, tfds_dir)
+  training.train(config)
+  return config
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--dataset=imagenet'], "--dataset"),
+    (['--target_epsilon=0'], '--target_epsilon=0.0 must be > 0'),
+    (['--target_epsilon=-1'], '--target_epsilon=-1.0 must be > 0'),
+    (['--delta=0'], '--delta=0.0 must be in'),
+    (['--delta=0.01'], '--delta=0.01 must be below 1/N'),
+    (['--batch_size=1000'], '--batch_size=1000 is larger than the training'),
+    (['--batch_size=0'], '--batch_size=0 must be >= 1'),
+    (['--num_microbatches=5', '--sampling=shuffle'],
+     '--num_microbatches=5 must divide --batch_size=32'),
+    (['--num_microbatches=4'], 'needs fixed-size batches'),
+    (['--noise_multiplier=1.5'], '--noise_multiplier'),
+    (['--l2_norm_clip=3'], '--l2_norm_clip'),
+    (['--sampling=shuffle'], '--sampling'),
+])
+def test_bad_flags_exit_nonzero_name_the_flag_and_harm_nothing(
+    finished_run, flags, message):
+  before = _listing(finished_run.model_dir)
+  exports_before = _listing(finished_run.export_dir)
+  result = _train_cli(f'--data_dir={finished_run.data_dir}',
+                      f'--model_dir={finished_run.model_dir}',
+                      f'--export_dir={finished_run.export_dir}',
+                      '--noise_multiplier=1.0', '--epochs=1', *flags)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert _listing(finished_run.model_dir) == before
+  assert _listing(finished_run.export_dir) == exports_before
+
+
+@pytest.mark.parametrize('which,flag', [('model_dir', '--model_dir'),
+                                        ('export_dir', '--export_dir')])
+def test_file_or_unwritable_output_dirs_are_rejected(tmp_path, tfds_dir, which,
+                                                     flag):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('keep me')
+  with pytest.raises(ValueError, match=f'{flag}=.* is a file'):
+    training.train(tiny_config(tmp_path, tfds_dir, **{which: str(a_file)}))
+  assert a_file.read_text() == 'keep me'
+  # /proc accepts no new files, even from root (who ignores permission bits).
+  with pytest.raises(ValueError, match=f'{flag}=.* is not writable'):
+    training.train(tiny_config(tmp_path, tfds_dir,
+                               **{which: '/proc/dpgan_test/out'}))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root ignores permission bits')
+def test_read_only_model_dir_is_rejected(tmp_path, tfds_dir):
+  read_only = tmp_path / 'ro'
+  read_only.mkdir(mode=0o500)
+  with pytest.raises(ValueError, match='--model_dir=.* is not writable'):
+    training.train(tiny_config(tmp_path, tfds_dir, model_dir=str(read_only)))
+
+
+def _copy_manual_dir(tmp_path):
+  manual = tmp_path / 'raw'
+  shutil.copytree(FASHION_MNIST_DIR, manual)
+  return manual
+
+
+@pytest.mark.parametrize('damage,expected', [
+    ('missing', 'is missing'),
+    ('empty', 'is empty'),
+    ('not_gzip', 'is empty or corrupt'),
+    ('truncated_gzip', 'is empty or corrupt'),
+    ('short_data', 'is truncated or corrupt'),
+    ('not_idx', 'is not an IDX uint8 file'),
+])
+def test_damaged_manual_dir_names_the_file(tmp_path, damage, expected):
+  manual = _copy_manual_dir(tmp_path)
+  target = manual / 'train-labels-idx1-ubyte.gz'
+  raw = gzip.open(target).read()
+  if damage == 'missing':
+    target.unlink()
+  elif damage == 'empty':
+    target.write_bytes(b'')
+  elif damage == 'not_gzip':
+    target.write_bytes(b'this is not gzip at all')
+  elif damage == 'truncated_gzip':
+    target.write_bytes(target.read_bytes()[:100])
+  elif damage == 'short_data':
+    target.write_bytes(gzip.compress(raw[:-10]))
+  else:
+    target.write_bytes(gzip.compress(b'\x12\x34' + raw[2:]))
+  result = _train_cli(f'--data_dir={tmp_path / "tfds"}',
+                      f'--manual_dir={manual}',
+                      f'--model_dir={tmp_path / "m"}', '--target_epsilon=5')
+  assert result.returncode == 2
+  assert '--manual_dir' in result.stderr and expected in result.stderr
+  assert 'train-labels-idx1-ubyte.gz' in result.stderr or damage == 'missing'
+  assert not (tmp_path / 'm').exists()
+
+
+def test_empty_manual_dir_is_rejected(tmp_path):
+  (tmp_path / 'raw').mkdir()
+  result = _train_cli(f'--data_dir={tmp_path / "tfds"}',
+                      f'--manual_dir={tmp_path / "raw"}',
+                      f'--model_dir={tmp_path / "m"}', '--target_epsilon=5')
+  assert result.returncode == 2
+  assert 'is missing' in result.stderr
+
+
+def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path,
+                                                            tfds_dir):
+  exploding = tiny_config(tmp_path, tfds_dir, epochs=3, checkpoint_every=1,
+                          critic_lr=1e30, generator_lr=1e30,
+                          loss='wasserstein', critic_weight_clip=1e30)
+  with pytest.raises(training.callbacks_lib.TrainingDiverged,
+                     match='non-finite'):
+    training.train(exploding)
+  assert not os.path.exists(exploding.export_dir)
+  latest = tf.train.latest_checkpoint(exploding.model_dir)
+  if latest is None:
+    return  # the very first step diverged: nothing good to keep
+  reader = tf.train.load_checkpoint(latest)
+  for name, _ in tf.train.list_variables(latest):
+    value = reader.get_tensor(name)
+    if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+      assert np.isfinite(value).all(), name
+  # The kept ledger counts exactly the kept steps.
+  kept = training.read_saved_ledger(exploding.model_dir).as_dict()
+  assert kept['critic_steps'] == reader.get_tensor(
+      'generator_steps/.ATTRIBUTES/VARIABLE_VALUE') < 24
