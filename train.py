@@ -56,7 +56,7 @@ flags.DEFINE_enum('grad_engine', _DEFAULTS.grad_engine,
                   dp_gradients.GRAD_ENGINES, 'How per-example gradients are '
                   'computed; same privacy either way.')
 flags.DEFINE_integer('chunk_size', _DEFAULTS.chunk_size, 'Microbatches per '
-                     'vectorised pass (bounds memory).')
+                     'vectorised pass (vectorized engine; bounds memory).')
 
 flags.DEFINE_float('epochs', _DEFAULTS.epochs, 'Passes over the training '
                    'data (in expectation) by the critic.')
