@@ -43,6 +43,14 @@ flags.DEFINE_integer('fid_samples', _DEFAULTS.fid_samples, 'Samples and real '
                      'test images compared by FID and precision/recall; '
                      'FID is biased upwards at small sizes, so compare runs '
                      'at equal sizes.')
+flags.DEFINE_enum('eval_split', _DEFAULTS.eval_split, evaluation.EVAL_SPLITS,
+                  'Held-out examples: test (to report) or validation '
+                  '(training examples [K, K+V) the run did not use, K from '
+                  'its --max_train_examples; to choose hyperparameters '
+                  'without reading the test set). validation needs '
+                  '--model_dir.')
+flags.DEFINE_integer('validation_examples', _DEFAULTS.validation_examples,
+                     'V, the size of the validation split.')
 flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed for sampling, subsets and '
                      'classifier training.')
 flags.DEFINE_string('inception_weights', _DEFAULTS.inception_weights,

@@ -8,6 +8,8 @@ Example (offline, Debian, a few minutes on 2 CPU cores):
     --epochs=1 --max_train_examples=2000
 
 Rerunning the same command resumes from the last checkpoint in --model_dir.
+Presets: --flagfile=configs/<dataset>_eps<epsilon>.flags (flags given after
+it override it).
 """
 
 import sys
@@ -98,11 +100,16 @@ flags.DEFINE_enum('strategy', _DEFAULTS.strategy, config_lib.STRATEGIES,
 FLAGS = flags.FLAGS
 
 
+def config_from_flags() -> config_lib.TrainConfig:
+  """The parsed flags (a --flagfile preset included) as a TrainConfig."""
+  return config_lib.TrainConfig(
+      **{f: FLAGS[f].value for f in config_lib.TrainConfig.__dataclass_fields__})
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = config_lib.TrainConfig(
-      **{f: FLAGS[f].value for f in config_lib.TrainConfig.__dataclass_fields__})
+  config = config_from_flags()
   logging.set_verbosity(logging.INFO)
   try:
     result = training.train(config)

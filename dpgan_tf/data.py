@@ -186,6 +186,16 @@ def load_split(dataset: str,
   return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
 
 
+def split_size(dataset: str, split: str, data_dir: Optional[str] = None) -> int:
+  """Examples in a prepared split, from tfds metadata without reading them.
+
+  tfds refuses a slice past the end of a split with a message about slices;
+  callers check ranges against this first to name the flag instead.
+  """
+  builder = tfds.builder(get_spec(dataset).tfds_name, data_dir=data_dir)
+  return builder.info.splits[split].num_examples
+
+
 def to_model_range(images) -> tf.Tensor:
   """uint8 [0, 255] -> float32 [-1, 1], the generator's tanh range."""
   return tf.cast(images, tf.float32) / 127.5 - 1.0

@@ -4,8 +4,8 @@
 
 * Downstream accuracy, train on synthetic / test on real: the fixed CNN of
   `classifier.py` trained on `num_samples` class-balanced samples from the
-  export's `generate` signature, tested on the real test split; the same CNN
-  trained on as many real training examples is the ceiling.
+  export's `generate` signature, tested on the real held-out examples; the
+  same CNN trained on as many real training examples is the ceiling.
 * Fidelity: Fréchet distance and k-NN precision/recall (`metrics.py`) between
   `fid_samples` samples and as many real test images, in two feature spaces:
   InceptionV3 pool features (FID proper; needs the ImageNet weights, which
@@ -17,6 +17,16 @@
 * Empirical privacy (with `model_dir`): membership inference against the
   trained critic (`membership.py`), beside the accounted guarantee read from
   the export's dpgan.json.
+
+Held-out examples (`eval_split`): the test split, to report; or, to choose
+hyperparameters without ever looking at the test set, a validation split:
+training examples [K, K + validation_examples) that the run did not train on
+(it kept the first K, `--max_train_examples`). With the validation split, the
+ceiling classifier and the FID floor use the run's K training examples only,
+and membership inference takes its non-members from the validation split, so
+nothing reads the test set. (The cached feature classifier behind domain_fid
+was trained on the whole training split, validation examples included; it
+defines the feature space only and selects nothing.)
 
 Order: every check that can fail (values, the export and its metadata against
 the dataset, the training run, the data) runs before any metric; outputs are
@@ -30,7 +40,7 @@ import json
 import os
 import platform
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -48,8 +58,8 @@ from dpgan_tf import export as export_lib
 from dpgan_tf import membership
 from dpgan_tf import metrics
 
-REPORT_KEYS = ('dataset', 'export', 'privacy', 'metrics', 'downstream',
-               'fidelity', 'membership_inference', 'samples_png', 'config',
+REPORT_KEYS = ('dataset', 'held_out', 'export', 'privacy', 'metrics',
+               'downstream', 'fidelity', 'membership_inference', 'samples_png', 'config',
                'timings_s', 'versions')
 METRIC_KEYS = ('accuracy_synthetic', 'accuracy_real', 'domain_fid',
                'domain_precision', 'domain_recall', 'inception_fid',
@@ -58,6 +68,7 @@ METRIC_KEYS = ('accuracy_synthetic', 'accuracy_real', 'domain_fid',
 INCEPTION_SIZE = 299
 PRECISION_RECALL_K = 3
 _GENERATE_BATCH = 500
+EVAL_SPLITS = ('test', 'validation')
 
 
 class EvalError(ValueError):
@@ -79,6 +90,10 @@ class EvalConfig:
   # 'imagenet' (download), a path to the no-top .h5 weights, or 'none'.
   inception_weights: str = 'imagenet'
   cache_dir: Optional[str] = None
+  # 'test', or 'validation': training examples [K, K + validation_examples)
+  # of a run that kept the first K (see module doc).
+  eval_split: str = 'test'
+  validation_examples: int = 5000
 
   @property
   def samples_png(self) -> str:
@@ -139,12 +154,27 @@ def validate(c: EvalConfig) -> _Checked:
            os.path.isfile(c.inception_weights),
            f'--inception_weights={c.inception_weights} is not a file (give '
            "the InceptionV3 no-top .h5 weights, 'imagenet' or 'none').")
+  _require(c.eval_split in EVAL_SPLITS,
+           f'--eval_split={c.eval_split!r}: choose one of {EVAL_SPLITS}.')
+  if c.eval_split == 'validation':
+    _require(PRECISION_RECALL_K < c.fid_samples <= c.validation_examples,
+             f'--fid_samples={c.fid_samples} must be at most '
+             f'--validation_examples={c.validation_examples}.')
+    _require(bool(c.model_dir), '--eval_split=validation needs --model_dir '
+             '(its run_config.json says which training examples the run '
+             'used).')
   version_dir, metadata = check_export(c.export_dir, spec)
   run_config = None
   if c.model_dir:
     _require(os.path.isdir(c.model_dir),
              f'--model_dir={c.model_dir} is not a directory.')
     run_config = membership.read_run_config(c.model_dir, spec)
+    _require(c.eval_split == 'test' or bool(
+        run_config.get('max_train_examples')),
+             f'--eval_split=validation: the run in --model_dir={c.model_dir} '
+             'trained on the whole training split, so no training example is '
+             'left for validation; train with --max_train_examples=K below '
+             'the split size.')
   if c.manual_dir:
     data_lib.check_manual_dir(spec, c.manual_dir)
   else:
@@ -189,6 +219,30 @@ def _load_split(c: EvalConfig, split: str,
     raise EvalError(f'could not read {c.dataset}/{split} from '
                     f'--data_dir={c.data_dir}: {type(e).__name__}: '
                     f'{e.message}') from e
+
+
+def validation_split(c: EvalConfig, k: int) -> Tuple[data_lib.LabeledImages,
+                                                     data_lib.LabeledImages]:
+  """(training examples [0, K + V), the validation examples [K, K + V)).
+
+  The run trained on the first K training examples only, so [K, K + V) are
+  as unseen as the test set, and choosing on them leaves the test set for
+  the report. Refuses ranges past the end of the split before reading it.
+  """
+  v = c.validation_examples
+  _load_split(c, 'train', 1)  # Prepares the data, so its size is known.
+  n = data_lib.split_size(c.dataset, 'train', c.data_dir)
+  _require(k < n, f'--eval_split=validation: the run in --model_dir trained '
+           f'on all {n} {c.dataset} training examples (K={k}), so none is '
+           'left for validation; train with --max_train_examples below '
+           f'{n}.')
+  _require(k + v <= n, f'--validation_examples={v}: training examples [{k}, '
+           f'{k + v}) run past the {n} in the {c.dataset} training split '
+           f'(the run used the first {k}); give at most {n - k}.')
+  train = _load_split(c, 'train', max(c.num_samples,
+                                      classifier.FEATURE_TRAIN_EXAMPLES, k + v))
+  return train, data_lib.LabeledImages(train.images[k:k + v],
+                                       train.labels[k:k + v], train.spec)
 
 
 def generate_samples(module, num_classes: int, num_samples: int,
@@ -311,15 +365,29 @@ def evaluate(c: EvalConfig) -> dict:
   checked = validate(c)
   spec, metadata = checked.spec, checked.metadata
   timer = _Timer()
+  k = (checked.run_config or {}).get('max_train_examples') or 0
   with timer('load data'):
     module = load_generator(checked.version_dir, spec)
-    test = _load_split(c, 'test')
-    _require(c.fid_samples <= len(test),
-             f'--fid_samples={c.fid_samples} exceeds the {len(test)} '
-             f'{c.dataset} test examples.')
-    k = (checked.run_config or {}).get('max_train_examples') or 0
-    train = _load_split(c, 'train', max(c.num_samples,
-                                        classifier.FEATURE_TRAIN_EXAMPLES, k))
+    if c.eval_split == 'validation':
+      train, held = validation_split(c, k)
+      # The run's own training examples, for the ceiling and the FID floor.
+      real_pool = data_lib.LabeledImages(train.images[:k], train.labels[:k],
+                                         spec)
+      held_out = {'split': 'validation', 'examples': len(held),
+                  'range': f'train[{k}:{k + len(held)}]',
+                  'note': f'training examples the run did not use (it kept '
+                          f'the first {k}); the test set was not read'}
+    else:
+      held = _load_split(c, 'test')
+      _require(c.fid_samples <= len(held),
+               f'--fid_samples={c.fid_samples} exceeds the {len(held)} '
+               f'{c.dataset} test examples.')
+      train = _load_split(c, 'train', max(c.num_samples,
+                                          classifier.FEATURE_TRAIN_EXAMPLES,
+                                          k))
+      real_pool = train
+      held_out = {'split': 'test', 'examples': len(held), 'range': 'test',
+                  'note': 'the test split'}
   rng = np.random.default_rng(c.seed)
   with timer('generate'):
     fake_images, fake_labels = generate_samples(module, spec.num_classes,
@@ -330,39 +398,41 @@ def evaluate(c: EvalConfig) -> dict:
     synthetic = classifier.train_classifier(
         fake_images, fake_labels, spec.image_shape, spec.num_classes,
         classifier.DOWNSTREAM, c.seed, name='synthetic-trained')
-    real_idx = np.sort(rng.choice(len(train), min(c.num_samples, len(train)),
+    real_idx = np.sort(rng.choice(len(real_pool), min(c.num_samples,
+                                                      len(real_pool)),
                                   replace=False))
     real = classifier.train_classifier(
-        train.images[real_idx], train.labels[real_idx], spec.image_shape,
-        spec.num_classes, classifier.DOWNSTREAM, c.seed, name='real-trained')
+        real_pool.images[real_idx], real_pool.labels[real_idx],
+        spec.image_shape, spec.num_classes, classifier.DOWNSTREAM, c.seed,
+        name='real-trained')
     downstream = {
         **classifier.describe(),
-        'test_examples': len(test),
+        'test_examples': len(held),
         'synthetic': {'train_examples': c.num_samples,
                       'test_accuracy': classifier.accuracy(
-                          synthetic, test.images, test.labels)},
+                          synthetic, held.images, held.labels)},
         'real': {'train_examples': len(real_idx),
-                 'test_accuracy': classifier.accuracy(real, test.images,
-                                                      test.labels)},
+                 'test_accuracy': classifier.accuracy(real, held.images,
+                                                      held.labels)},
     }
 
   fake_fid = fake_images[:c.fid_samples]
-  test_fid = test.images[np.sort(rng.choice(len(test), c.fid_samples,
+  held_fid = held.images[np.sort(rng.choice(len(held), c.fid_samples,
                                             replace=False))]
-  train_fid = train.images[np.sort(rng.choice(len(train), min(
-      c.fid_samples, len(train)), replace=False))]
+  train_fid = real_pool.images[np.sort(rng.choice(len(real_pool), min(
+      c.fid_samples, len(real_pool)), replace=False))]
   with timer('domain features'):
     feature_model, feature_info = classifier.load_or_train_feature_classifier(
         c.dataset, train.images, train.labels, spec.image_shape,
         spec.num_classes, c.feature_cache_dir, c.seed)
     feature_info['test_accuracy'] = classifier.accuracy(
-        feature_model, test.images, test.labels)
+        feature_model, held.images, held.labels)
     domain = {
         'name': f'Fréchet distance in {c.dataset} classifier features '
                 '(not Inception FID)',
         'feature_classifier': feature_info,
         **fidelity(*(classifier.features(feature_model, x)
-                     for x in (fake_fid, test_fid, train_fid))),
+                     for x in (fake_fid, held_fid, train_fid))),
     }
   with timer('inception features'):
     inception_model, why_not = load_inception(c.inception_weights)
@@ -372,11 +442,11 @@ def evaluate(c: EvalConfig) -> dict:
     else:
       inception = {'available': True, 'weights': c.inception_weights,
                    **fidelity(inception_features(inception_model, fake_fid),
-                              inception_features(inception_model, test_fid))}
+                              inception_features(inception_model, held_fid))}
 
   if c.model_dir:
     with timer('membership inference'):
-      attack = membership.attack_critic(c.model_dir, spec, train, test,
+      attack = membership.attack_critic(c.model_dir, spec, train, held,
                                         c.seed, checked.run_config)
   else:
     attack = {'skipped': 'no --model_dir (the training run) given'}
@@ -389,6 +459,7 @@ def evaluate(c: EvalConfig) -> dict:
         metadata['epsilon'], metadata['delta'])
   report = {
       'dataset': c.dataset,
+      'held_out': held_out,
       'export': {'path': checked.version_dir,
                  'version': os.path.basename(checked.version_dir)},
       'privacy': privacy,
@@ -449,8 +520,8 @@ def summary(report: dict) -> str:
   lines = [
       f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
       f'  Guarantee: {privacy.get("guarantee")}',
-      f'  Accuracy on {downstream["test_examples"]} real test images of '
-      'the fixed CNN trained on',
+      f'  Accuracy on {downstream["test_examples"]} real held-out images '
+      f'({report["held_out"]["range"]}) of the fixed CNN trained on',
       f'    {downstream["synthetic"]["train_examples"]} samples '
       f'{_fmt(m["accuracy_synthetic"])}   {downstream["real"]["train_examples"]}'
       f' real examples (ceiling) {_fmt(m["accuracy_real"])}',

@@ -191,14 +191,15 @@ def attack_critic(model_dir: str, spec: data_lib.DatasetSpec,
 
   Members are the first K training examples, K being the run's
   max_train_examples (the whole split when unset): exactly the set the run
-  trained on. Non-members come from the test split, never seen in training.
+  trained on. Non-members come from held-out examples never seen in training
+  (the test split, or training examples past the first K).
   Equal numbers of each are drawn at random (seeded).
 
   Args:
     model_dir: the training run.
     spec: its dataset.
     train_split: at least its first K training examples, in tfds order.
-    test_split: the test split.
+    test_split: the held-out examples (non-members).
     seed: member/non-member subsampling.
     run_config: run_config.json's contents (read from model_dir if None).
     implementation: see run_attacks.

@@ -98,6 +98,49 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
   assert len(text.splitlines()) < 25
 
 
+def test_validation_split_never_reads_the_test_set(tmp_path, tiny_export,
+                                                  tfds_dir, monkeypatch):
+  monkeypatch.setattr(classifier, 'FEATURE_TRAIN_EXAMPLES', 500)
+  read = []
+  load_split = data_lib.load_split
+
+  def recording_load_split(dataset, split, *args):
+    read.append(split)
+    return load_split(dataset, split, *args)
+
+  monkeypatch.setattr(data_lib, 'load_split', recording_load_split)
+  c = _config(tmp_path, tfds_dir, export_dir=tiny_export,
+              model_dir=_model_dir(str(tmp_path / 'run')),
+              eval_split='validation', validation_examples=150)
+  train, validation = evaluation.validation_split(c, 300)
+  np.testing.assert_array_equal(validation.images, train.images[300:450])
+  report = evaluation.evaluate(c)
+
+  assert 'test' not in read and 'train' in read
+  assert report['held_out']['range'] == 'train[300:450]'
+  assert report['downstream']['test_examples'] == 150
+  assert report['downstream']['real']['train_examples'] == 200
+  assert report['membership_inference']['num_nonmembers'] == 150
+  assert 'train[300:450]' in evaluation.summary(report)
+
+
+@pytest.mark.parametrize('max_train_examples,validation_examples,match', [
+    (59950, 100, r'\[59950, 60050\) run past the 60000'),
+    (60000, 100, 'trained on all 60000'),
+    (None, 100, 'trained on the whole training split'),
+])
+def test_validation_split_refuses_ranges_outside_the_split(
+    tmp_path, tiny_export, tfds_dir, max_train_examples, validation_examples,
+    match):
+  c = _config(tmp_path, tfds_dir, export_dir=tiny_export,
+              model_dir=_model_dir(str(tmp_path / 'run'),
+                                   max_train_examples=max_train_examples),
+              eval_split='validation', validation_examples=validation_examples)
+  with pytest.raises(ValueError, match=match):
+    evaluation.evaluate(c)
+  assert not os.path.exists(c.output)
+
+
 def test_generate_samples_is_balanced_shuffled_and_seeded(tiny_export):
   module = tf.saved_model.load(tiny_export)
   images, labels = evaluation.generate_samples(module, 10, 1200, seed=3)
@@ -149,6 +192,10 @@ def test_unavailable_inception_weights_are_reported(monkeypatch):
     ({'model_dir': '/'}, 'run_config.json'),
     ({'manual_dir': None, 'data_dir': '/nonexistent'},
      '--data_dir=/nonexistent holds no prepared fashion_mnist'),
+    ({'eval_split': 'validation'}, 'needs --model_dir'),
+    ({'eval_split': 'validation', 'validation_examples': 50},
+     '--validation_examples=50'),
+    ({'eval_split': 'train'}, '--eval_split'),
 ])
 def test_bad_inputs_are_rejected_before_any_work(tmp_path, tiny_export,
                                                  overrides, match):
