@@ -80,23 +80,29 @@ def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
   return ledger
 
 
-def check_resume(c: config_lib.TrainConfig, saved: dict, dataset_size: int):
-  """Refuses flags that change the guarantee of the run being resumed."""
+def check_resume(c: config_lib.TrainConfig, saved: dict,
+                 dataset_size: Optional[int] = None):
+  """Refuses flags that change the guarantee of the run being resumed.
+
+  Called before the data is loaded (dataset_size None: the flags alone, so a
+  wrong --dataset fails at once) and again with N for what depends on it.
+  """
   expected = {
       '--dataset': (saved['dataset'], c.dataset),
       '--l2_norm_clip': (saved['l2_norm_clip'], c.l2_norm_clip),
       '--delta': (saved['delta'], c.delta),
       '--sampling': (saved['sampling'], c.sampling),
-      '--max_train_examples (training set size)': (saved['dataset_size'],
-                                                   dataset_size),
-      '--batch_size (sampling rate)': (saved['sampling_rate'],
-                                       c.batch_size / dataset_size),
       '--num_microbatches (microbatch size)': (saved['microbatch_size'],
                                                c.microbatch_size),
   }
   if c.noise_multiplier is not None:
     expected['--noise_multiplier'] = (saved['noise_multiplier'],
                                       c.noise_multiplier)
+  if dataset_size is not None:
+    expected['--max_train_examples (training set size)'] = (
+        saved['dataset_size'], dataset_size)
+    expected['--batch_size (sampling rate)'] = (saved['sampling_rate'],
+                                                c.batch_size / dataset_size)
   for flag, (was, now) in expected.items():
     same = math.isclose(was, now, rel_tol=1e-9) if isinstance(
         was, float) else was == now
@@ -161,12 +167,14 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   if c.export_dir:
     export_lib.check_writable_dir(c.export_dir, '--export_dir')
   spec = data_lib.get_spec(c.dataset)
+  saved = read_saved_ledger(c.model_dir)
+  if saved is not None:
+    check_resume(c, saved.as_dict())
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
   config_lib.validate_against_data(c, n)
 
-  saved = read_saved_ledger(c.model_dir)
   sampler_probe = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
                                                   c.sampling, seed=0)
   critic_steps_per_epoch = sampler_probe.steps_per_epoch

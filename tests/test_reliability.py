@@ -1,8 +1,10 @@
 """Crashes, bad input and divergence: nothing lost, privacy never overspent."""
 
+import dataclasses
 import gzip
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import FASHION_MNIST_DIR, REPO_ROOT
+from dpgan_tf import data
 from dpgan_tf import export
 from dpgan_tf import training
 from test_training import tiny_config
@@ -116,25 +119,44 @@ def finished_run(tmp_path_factory, tfds_dir):
   return config
 
 
-@pytest.mark.parametrize('flags,message', [
-    (['--dataset=imagenet'], "--dataset"),
-    (['--target_epsilon=0'], '--target_epsilon=0.0 must be > 0'),
-    (['--target_epsilon=-1'], '--target_epsilon=-1.0 must be > 0'),
-    (['--delta=0'], '--delta=0.0 must be in'),
-    (['--delta=0.01'], '--delta=0.01 must be below 1/N'),
-    (['--batch_size=1000'], '--batch_size=1000 is larger than the training'),
-    (['--batch_size=0'], '--batch_size=0 must be >= 1'),
-    (['--num_microbatches=5', '--sampling=shuffle'],
+_BAD_VALUES = [
+    (dict(target_epsilon=0.0), '--target_epsilon=0.0 must be > 0'),
+    (dict(target_epsilon=-1.0), '--target_epsilon=-1.0 must be > 0'),
+    (dict(delta=0.0), '--delta=0.0 must be in'),
+    (dict(delta=0.01), '--delta=0.01 must be below 1/N'),
+    (dict(batch_size=1000), '--batch_size=1000 is larger than the training'),
+    (dict(batch_size=0), '--batch_size=0 must be >= 1'),
+    (dict(num_microbatches=5, sampling='shuffle'),
      '--num_microbatches=5 must divide --batch_size=32'),
-    (['--num_microbatches=4'], 'needs fixed-size batches'),
-    (['--noise_multiplier=1.5'], '--noise_multiplier'),
-    (['--l2_norm_clip=3'], '--l2_norm_clip'),
-    (['--sampling=shuffle'], '--sampling'),
-])
-def test_bad_flags_exit_nonzero_name_the_flag_and_harm_nothing(
-    finished_run, flags, message):
+    (dict(num_microbatches=4), 'needs fixed-size batches'),
+    (dict(noise_multiplier=1.5), '--noise_multiplier'),
+    (dict(l2_norm_clip=3.0), '--l2_norm_clip'),
+    (dict(sampling='shuffle'), '--sampling'),
+    (dict(dataset='imagenet'), "--dataset='imagenet' is not supported"),
+]
+
+
+@pytest.mark.parametrize('change,message', _BAD_VALUES)
+def test_bad_values_name_the_flag_and_harm_nothing(finished_run, change,
+                                                   message):
   before = _listing(finished_run.model_dir)
   exports_before = _listing(finished_run.export_dir)
+  config = dataclasses.replace(finished_run, **change)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    training.train(config)
+  assert _listing(finished_run.model_dir) == before
+  assert _listing(finished_run.export_dir) == exports_before
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--dataset=imagenet'], '--dataset'),
+    (['--target_epsilon=0'], '--target_epsilon=0.0 must be > 0'),
+    (['--l2_norm_clip=3'], '--l2_norm_clip'),
+])
+def test_cli_exits_nonzero_with_the_message_and_harms_nothing(
+    finished_run, flags, message):
+  """train.py turns the same errors into one line on stderr and exit 2."""
+  before = _listing(finished_run.model_dir)
   result = _train_cli(f'--data_dir={finished_run.data_dir}',
                       f'--model_dir={finished_run.model_dir}',
                       f'--export_dir={finished_run.export_dir}',
@@ -143,7 +165,6 @@ def test_bad_flags_exit_nonzero_name_the_flag_and_harm_nothing(
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
   assert _listing(finished_run.model_dir) == before
-  assert _listing(finished_run.export_dir) == exports_before
 
 
 @pytest.mark.parametrize('which,flag', [('model_dir', '--model_dir'),
@@ -199,22 +220,22 @@ def test_damaged_manual_dir_names_the_file(tmp_path, damage, expected):
     target.write_bytes(gzip.compress(raw[:-10]))
   else:
     target.write_bytes(gzip.compress(b'\x12\x34' + raw[2:]))
-  result = _train_cli(f'--data_dir={tmp_path / "tfds"}',
-                      f'--manual_dir={manual}',
-                      f'--model_dir={tmp_path / "m"}', '--target_epsilon=5')
-  assert result.returncode == 2
-  assert '--manual_dir' in result.stderr and expected in result.stderr
-  assert 'train-labels-idx1-ubyte.gz' in result.stderr or damage == 'missing'
-  assert not (tmp_path / 'm').exists()
+  with pytest.raises(data.DataError, match='--manual_dir') as error:
+    data.load_split('fashion_mnist', 'train', str(tmp_path / 'tfds'),
+                    str(manual))
+  assert expected in str(error.value)
+  assert str(target) in str(error.value)
+  assert not (tmp_path / 'tfds').exists()
 
 
-def test_empty_manual_dir_is_rejected(tmp_path):
+def test_cli_rejects_a_damaged_or_empty_manual_dir(tmp_path):
   (tmp_path / 'raw').mkdir()
   result = _train_cli(f'--data_dir={tmp_path / "tfds"}',
                       f'--manual_dir={tmp_path / "raw"}',
                       f'--model_dir={tmp_path / "m"}', '--target_epsilon=5')
   assert result.returncode == 2
-  assert 'is missing' in result.stderr
+  assert '--manual_dir' in result.stderr and 'is missing' in result.stderr
+  assert not (tmp_path / 'm').exists()
 
 
 def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FASHION_MNIST_DIR, REPO_ROOT
+from conftest import FASHION_MNIST_DIR
 from dpgan_tf import config as config_lib
 from dpgan_tf import export
 from dpgan_tf import training
@@ -118,16 +118,13 @@ def test_budget_exhaustion_stop_rerun_and_raise(tmp_path, tfds_dir):
     (dict(delta=1e-5), '--delta'),
     (dict(sampling='shuffle'), '--sampling'),
     (dict(batch_size=16), '--batch_size'),
-    (dict(dataset='mnist', manual_dir=None), '--dataset'),
+    (dict(dataset='mnist', manual_dir=None), '--dataset'),  # before loading
 ])
 def test_resume_with_other_privacy_flags_is_refused(tmp_path, tfds_dir,
                                                     change, flag,
                                                     resumable_run):
   model_dir, before = resumable_run
   config = tiny_config(tmp_path, tfds_dir, model_dir=model_dir, **change)
-  if change.get('dataset') == 'mnist':
-    config.manual_dir = os.path.join(REPO_ROOT, '..', 'shared', 'data',
-                                     'mnist')
   with pytest.raises(training.ResumeMismatch, match=flag):
     training.train(config)
   assert _listing(model_dir) == before
@@ -161,17 +158,6 @@ def test_tensorboard_has_privacy_losses_and_samples(tmp_path, tfds_dir):
           'nonprivate/clipped_fraction'} <= tags
 
 
-def test_diagnostics_are_off_by_default(tmp_path, tfds_dir):
-  config = tiny_config(tmp_path, tfds_dir)
-  training.train(config)
-  log_dir = os.path.join(config.model_dir, 'train')
-  for name in os.listdir(log_dir):
-    for event in tf.compat.v1.train.summary_iterator(
-        os.path.join(log_dir, name)):
-      assert not any(v.tag.startswith('nonprivate/')
-                     for v in event.summary.value)
-
-
 _LOAD_EXPORT = '''
 import json, sys
 import numpy as np, tensorflow as tf
@@ -189,7 +175,7 @@ print(json.dumps(out))
 '''
 
 
-def test_export_loads_in_a_fresh_process(tmp_path, tfds_dir):
+def test_export_loads_in_a_fresh_process_and_logs_stay_private(tmp_path, tfds_dir):
   config = tiny_config(tmp_path, tfds_dir)
   result = training.train(config)
   assert result.export_path == os.path.join(config.export_dir, '1')
@@ -202,3 +188,11 @@ def test_export_loads_in_a_fresh_process(tmp_path, tfds_dir):
     assert shape == [4, 28, 28, 1]
     assert 0.0 <= low <= high <= 1.0
   assert report['deterministic']
+  # Without --nonprivate_diagnostics nothing outside the guarantee is logged.
+  log_dir = os.path.join(config.model_dir, 'train')
+  for name in os.listdir(log_dir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(log_dir, name)):
+      assert not any(v.tag.startswith('nonprivate/')
+                     for v in event.summary.value)
+  assert os.path.getsize(os.path.join(config.model_dir, 'samples.png')) > 0

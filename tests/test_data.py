@@ -1,0 +1,49 @@
+"""Datasets load offline from the raw files, in the documented ranges."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import MNIST_DIR
+from dpgan_tf import data
+
+
+def test_fashion_mnist_offline(fashion_mnist_small):
+  split = fashion_mnist_small
+  assert split.images.shape == (512, 28, 28, 1)
+  assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+  assert set(np.unique(split.labels)) == set(range(10))
+  assert split.spec.class_names[9] == 'Ankle boot'
+
+
+def test_mnist_offline_from_the_shared_copy(tmp_path):
+  split = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR,
+                          max_examples=100)
+  assert split.images.shape == (100, 28, 28, 1) and len(split) == 100
+  assert set(np.unique(split.labels)) <= set(range(10))
+  assert split.images.max() == 255 and split.images.min() == 0
+  # "The first K" is tfds's fixed order, so K examples are the same each time.
+  again = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR,
+                          max_examples=100)
+  np.testing.assert_array_equal(split.images, again.images)
+
+
+def test_ranges_round_trip():
+  images = np.array([0, 127, 255], np.uint8)
+  model = data.to_model_range(images)
+  np.testing.assert_allclose(model, [-1.0, 127 / 127.5 - 1, 1.0])
+  np.testing.assert_allclose(data.to_unit_range(model),
+                             images / 255.0, atol=1e-6)
+  assert float(tf.reduce_max(data.to_unit_range(tf.constant([3.0])))) == 1.0
+
+
+def test_unknown_dataset_names_the_flag():
+  with pytest.raises(data.DataError, match="--dataset='svhn'"):
+    data.get_spec('svhn')
+
+
+def test_celeb_a_crop_keeps_the_face_square():
+  frame = tf.zeros([218, 178, 3], tf.uint8)
+  for size in (32, 64):
+    out = data._center_crop_resize(frame, size)  # pylint: disable=protected-access
+    assert out.shape == (size, size, 3) and out.dtype == tf.uint8
