@@ -123,6 +123,7 @@ def main(argv):
   print(f'Final epsilon: {result.epsilon:.4f} (delta={config.delta:g}) after '
         f'{result.critic_steps} critic steps '
         f'({result.generator_steps} generator steps).')
+  print(f'Guarantee: {result.guarantee}')
   if result.export_path:
     print(f'Exported generator: {result.export_path}')
 

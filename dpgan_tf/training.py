@@ -154,6 +154,7 @@ class TrainResult:
   export_path: Optional[str]
   stopped_by_budget: bool
   message: str
+  guarantee: str  # privacy.guarantee_statement: figures, accountant, sampling
 
 
 def train(c: config_lib.TrainConfig) -> TrainResult:
@@ -309,4 +310,5 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     shutil.rmtree(scratch, ignore_errors=True)
   return TrainResult(epsilon, int(ledger.critic_steps.numpy()),
                      int(model.generator_steps.numpy()), export_path,
-                     stopped_by_budget, message)
+                     stopped_by_budget, message,
+                     privacy.guarantee_statement(ledger))
