@@ -526,7 +526,7 @@ def summary(report: dict) -> str:
       f'{_fmt(m["accuracy_synthetic"])}   {downstream["real"]["train_examples"]}'
       f' real examples (ceiling) {_fmt(m["accuracy_real"])}',
       f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
-      f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs test: '
+      f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs held-out: '
       f'{_fmt(domain["real_reference"]["fid"], ".3f")})',
       f'    precision {_fmt(m["domain_precision"])} recall '
       f'{_fmt(m["domain_recall"])} (real: '
