@@ -123,7 +123,7 @@ _BAD_VALUES = [
     (dict(target_epsilon=0.0), '--target_epsilon=0.0 must be > 0'),
     (dict(target_epsilon=-1.0), '--target_epsilon=-1.0 must be > 0'),
     (dict(delta=0.0), '--delta=0.0 must be in'),
-    (dict(delta=0.01), '--delta=0.01 must be below 1/N'),
+    (dict(delta=0.01), '--delta: the run in'),
     (dict(batch_size=1000), '--batch_size=1000 is larger than the training'),
     (dict(batch_size=0), '--batch_size=0 must be >= 1'),
     (dict(num_microbatches=5, sampling='shuffle'),
@@ -146,6 +146,14 @@ def test_bad_values_name_the_flag_and_harm_nothing(finished_run, change,
     training.train(config)
   assert _listing(finished_run.model_dir) == before
   assert _listing(finished_run.export_dir) == exports_before
+
+
+def test_delta_must_be_below_one_over_n(tmp_path, tfds_dir):
+  for delta in (1 / 256, 0.01):
+    with pytest.raises(ValueError, match=re.escape(
+        f'--delta={delta} must be below 1/N = 0.00391 (N=256')):
+      training.train(tiny_config(tmp_path, tfds_dir, delta=delta))
+  assert not (tmp_path / 'model').exists()
 
 
 @pytest.mark.parametrize('flags,message', [
