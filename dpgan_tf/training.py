@@ -176,13 +176,13 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   n = len(train_split)
   config_lib.validate_against_data(c, n)
 
-  sampler_probe = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
-                                                  c.sampling, seed=0)
-  critic_steps_per_epoch = sampler_probe.steps_per_epoch
-  generator_steps_per_epoch = max(1, critic_steps_per_epoch // c.n_critic)
+  # Its seed is known only once the checkpoint is restored (set below).
+  sampler = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
+                                            c.sampling, seed=0)
+  generator_steps_per_epoch = max(1, sampler.steps_per_epoch // c.n_critic)
   planned_generator_steps = max(1, int(c.epochs * generator_steps_per_epoch))
   planned_critic_steps = planned_generator_steps * c.n_critic
-  q = c.batch_size / n
+  q = sampler.sampling_probability
 
   if saved is not None:
     check_resume(c, saved.as_dict(), n)
@@ -250,8 +250,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         f'{int(ledger.critic_steps.numpy())} critic steps for {done} generator '
         'steps; resume with the original --n_critic.')
 
-  sampler = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
-                                            c.sampling, seed)
+  sampler.seed = seed
   monitor = callbacks_lib.PrivacyMonitor(ledger, curve, c.target_epsilon,
                                          c.log_every, total_generator_steps)
   cbs = [monitor, callbacks_lib.NonFiniteGuard(),
