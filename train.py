@@ -77,6 +77,10 @@ flags.DEFINE_float('generator_lr', _DEFAULTS.generator_lr, 'Adam lr.')
 flags.DEFINE_float('critic_lr', _DEFAULTS.critic_lr, 'DP Adam lr.')
 flags.DEFINE_float('beta_1', _DEFAULTS.beta_1, 'Adam beta_1.')
 flags.DEFINE_float('beta_2', _DEFAULTS.beta_2, 'Adam beta_2.')
+flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an '
+                   'exponential moving average of the generator weights, '
+                   'which is what is sampled and exported (post-processing: '
+                   'no privacy cost). 0 exports the last iterate.')
 flags.DEFINE_integer('seed', None, 'Seed for initialisation, sampling and '
                      'noise. Keep it secret: the guarantee relies on the '
                      'noise being unpredictable. Default: drawn from the OS '

@@ -156,7 +156,7 @@ class TensorBoardMonitor(tf.keras.callbacks.Callback):
         self.write_samples(step)
 
   def write_samples(self, step):
-    grid = sample_grid(self.model.generator, self.num_classes,
+    grid = sample_grid(self.model.sampling_generator, self.num_classes,
                        self.latent_dim, per_class=8)
     with self.writer.as_default(step=step):
       tf.summary.image('samples/per_class', grid[None], max_outputs=1)

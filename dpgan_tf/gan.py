@@ -16,6 +16,12 @@ Anything else read from real data (critic loss on the real batch, the
 Wasserstein estimate, clipping statistics, the realised batch size) is a
 non-private diagnostic, computed only when asked for and named `nonprivate_*`.
 
+With `ema_generator`, an exponential moving average of the generator's
+weights is kept after every generator update; it is what `sampling_generator`
+returns, so samples, TensorBoard images and the export come from the
+average. Averaging the iterates smooths out the oscillation that the critic's
+DP noise causes. It reads only generator weights, so it is post-processing.
+
 Under tf.distribute each replica gets a slice of every global batch. The
 randomness of a step (fakes, interpolation points, the generator's batch) is
 drawn for the global batch and sliced, so an update does not depend on how
@@ -43,7 +49,8 @@ class ConditionalDPGAN(keras.Model):
                loss='hinge', n_critic=1, gp_weight=10.0,
                critic_weight_clip=0.0, grad_engine='ghost',
                microbatch_size=1, expected_batch_size=64, seed=0,
-               chunk_size=128, nonprivate_diagnostics=False, **kwargs):
+               chunk_size=128, nonprivate_diagnostics=False,
+               ema_generator=None, ema_decay=0.0, **kwargs):
     super().__init__(**kwargs)
     # Every replica returns the global metrics (see module doc); Keras's
     # default would sum them over replicas.
@@ -62,6 +69,8 @@ class ConditionalDPGAN(keras.Model):
     self.expected_batch_size = expected_batch_size
     self.chunk_size = chunk_size
     self.nonprivate_diagnostics = nonprivate_diagnostics
+    self.ema_generator = ema_generator
+    self.ema_decay = ema_decay
     # Counters are written identically by every replica.
     same = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self.seed = tf.Variable(seed, dtype=tf.int64, trainable=False)
@@ -75,6 +84,11 @@ class ConditionalDPGAN(keras.Model):
     super().compile(**kwargs)
     self.d_optimizer = d_optimizer
     self.g_optimizer = g_optimizer
+
+  @property
+  def sampling_generator(self) -> keras.Model:
+    """The generator to sample and export: the EMA one if kept."""
+    return self.ema_generator or self.generator
 
   def call(self, inputs, training=False):
     """Generates images from (noise, labels)."""
@@ -168,16 +182,35 @@ class ConditionalDPGAN(keras.Model):
     return metrics
 
   def _clip_critic_weights(self):
-    """Clips in cross-replica context: a replica may not assign a mirrored
-    variable that has no aggregation."""
     c = self.critic_weight_clip
+    self._update_in_cross_replica(
+        self.critic.trainable_variables,
+        lambda var: tf.clip_by_value(var, -c, c))
 
-    def clip(strategy):
-      for v in self.critic.trainable_variables:
+  def update_generator_ema(self):
+    """ema <- d * ema + (1 - d) * weights, with d = min(decay, (1+t)/(10+t))
+    at generator step t (tf.train.ExponentialMovingAverage's warm-up), so
+    that the random initialisation is forgotten within the first steps."""
+    steps = tf.cast(self.generator_steps, tf.float32)
+    decay = tf.minimum(self.ema_decay, (1.0 + steps) / (10.0 + steps))
+    self._update_in_cross_replica(
+        self.ema_generator.weights,
+        lambda average, weight: decay * average + (1.0 - decay) * weight,
+        self.generator.weights)
+
+  @staticmethod
+  def _update_in_cross_replica(variables, new_value, sources=None):
+    """variables[i] <- new_value(variables[i][, sources[i]]), in
+    cross-replica context: a replica may not assign a mirrored variable that
+    has no aggregation."""
+
+    def update(strategy):
+      for i, v in enumerate(variables):
+        args = () if sources is None else (sources[i],)
         strategy.extended.update(
-            v, lambda var: var.assign(tf.clip_by_value(var, -c, c)))
+            v, lambda var, *a: var.assign(new_value(var, *a)), args=args)
 
-    tf.distribute.get_replica_context().merge_call(clip)
+    tf.distribute.get_replica_context().merge_call(update)
 
   def _fake_terms(self, fake_scores):
     """The critic loss's fake-data term per record: no real data involved."""
@@ -208,6 +241,8 @@ class ConditionalDPGAN(keras.Model):
     self.g_optimizer.apply_gradients(zip(grads,
                                          self.generator.trainable_variables))
     self.generator_steps.assign_add(1)
+    if self.ema_generator is not None:
+      self.update_generator_ema()
     return self._sum_over_replicas(share)
 
   def train_step(self, data):

@@ -62,12 +62,29 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def make_checkpoint(model: gan.ConditionalDPGAN) -> tf.train.Checkpoint:
-  """Both networks, both optimizers, counters, RNG seed and the ledger."""
+  """Both networks, both optimizers, counters, RNG seed and the ledger (and
+  the generator's moving average, if kept)."""
+  ema = {} if model.ema_generator is None else {
+      'generator_ema': model.ema_generator}
   return tf.train.Checkpoint(
       generator=model.generator, critic=model.critic,
       d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer,
       ledger=model.ledger, generator_steps=model.generator_steps,
-      seed=model.seed)
+      seed=model.seed, **ema)
+
+
+def check_resume_generator_ema(c: config_lib.TrainConfig) -> None:
+  """A moving average cannot be started or dropped halfway: the checkpoint
+  either holds one for every step so far or none."""
+  names = [name for name, _ in tf.train.list_variables(
+      tf.train.latest_checkpoint(c.model_dir))]
+  saved = any(name.startswith('generator_ema/') for name in names)
+  if saved != (c.generator_ema > 0):
+    raise ResumeMismatch(
+        f'--generator_ema={c.generator_ema}: the run in --model_dir='
+        f'{c.model_dir} was started {"with" if saved else "without"} a '
+        'moving average of the generator. Resume with --generator_ema '
+        f'{"> 0" if saved else "=0"}, or use a new --model_dir.')
 
 
 def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
@@ -129,6 +146,7 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
       'num_classes': spec.num_classes,
       'class_names': list(spec.class_names),
       'latent_dim': c.latent_dim,
+      'generator_ema': c.generator_ema,
       'epsilon': ledger.epsilon(),
       'delta': d['delta'],
       'noise_multiplier': d['noise_multiplier'],
@@ -171,6 +189,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   saved = read_saved_ledger(c.model_dir)
   if saved is not None:
     check_resume(c, saved.as_dict())
+    check_resume_generator_ema(c)
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
@@ -212,13 +231,18 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
                                          c.latent_dim, c.generator_width)
     critic = networks.build_critic(spec.image_shape, spec.num_classes,
                                    c.critic_width)
+    ema_generator = None
+    if c.generator_ema > 0:
+      ema_generator = tf.keras.models.clone_model(generator)
+      ema_generator.set_weights(generator.get_weights())
     model = gan.ConditionalDPGAN(
         generator, critic, ledger, num_classes=spec.num_classes,
         latent_dim=c.latent_dim, loss=c.loss, n_critic=c.n_critic,
         gp_weight=c.gp_weight, critic_weight_clip=c.critic_weight_clip,
         grad_engine=c.grad_engine, microbatch_size=c.microbatch_size,
         expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,
-        nonprivate_diagnostics=c.nonprivate_diagnostics)
+        nonprivate_diagnostics=c.nonprivate_diagnostics,
+        ema_generator=ema_generator, ema_decay=c.generator_ema)
     num_microbatches = None if c.microbatch_size == 1 else c.num_microbatches
     model.compile(
         d_optimizer=privacy.make_dp_critic_optimizer(
@@ -277,7 +301,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
 
   trained = int(model.generator_steps.numpy()) - done
   if chief:
-    callbacks_lib.write_sample_png(generator,
+    callbacks_lib.write_sample_png(model.sampling_generator,
                                    os.path.join(c.model_dir, 'samples.png'),
                                    spec.num_classes, c.latent_dim)
   epsilon = ledger.epsilon()
@@ -302,7 +326,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         ledger.critic_steps.numpy()):
       # Like checkpoints, the other workers write theirs to scratch.
       path = export_lib.export_generator(
-          generator, scratch or c.export_dir, c.latent_dim,
+          model.sampling_generator, scratch or c.export_dir, c.latent_dim,
           export_metadata(c, ledger, spec))
       export_path = None if scratch else path
   if scratch:

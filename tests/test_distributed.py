@@ -23,7 +23,8 @@ TWO_CPUS = os.path.join(REPO_ROOT, 'tests', 'two_cpus.py')
 # The end-to-end run: 256 examples, expected batch 32, one epoch.
 TRAIN_FLAGS = ('--max_train_examples=256', '--batch_size=32', '--epochs=1',
                '--noise_multiplier=1.0', '--delta=1e-5', '--seed=3',
-               '--generator_width=8', '--critic_width=8')
+               '--generator_width=8', '--critic_width=8',
+               '--generator_ema=0.9')
 TRAIN_STEPS = 256 // 32
 # Engines that run under a strategy (the jacobian one is refused by config).
 ENGINES = ('ghost', 'vectorized')

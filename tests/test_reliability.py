@@ -133,6 +133,7 @@ _BAD_VALUES = [
     (dict(l2_norm_clip=3.0), '--l2_norm_clip'),
     (dict(sampling='shuffle'), '--sampling'),
     (dict(dataset='imagenet'), "--dataset='imagenet' is not supported"),
+    (dict(generator_ema=1.0), '--generator_ema=1.0 must be in [0, 1)'),
 ]
 
 

@@ -34,19 +34,24 @@ def _weights(model_dir):
   reader = tf.train.load_checkpoint(model_dir)
   return {name: reader.get_tensor(name)
           for name, _ in tf.train.list_variables(model_dir)
-          if name.startswith(('generator/', 'critic/'))}
+          if name.startswith(('generator/', 'critic/', 'generator_ema/'))}
 
 
 def test_resume_equals_uninterrupted(tmp_path, tfds_dir):
-  straight = training.train(tiny_config(tmp_path / 'a', tfds_dir, epochs=2))
-  first = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=1))
+  ema = dict(generator_ema=0.9)  # the moving average must resume too
+  straight = training.train(tiny_config(tmp_path / 'a', tfds_dir, epochs=2,
+                                        **ema))
+  first = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=1,
+                                     **ema))
   assert first.critic_steps == 8
-  resumed = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=2))
+  resumed = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=2,
+                                       **ema))
   assert straight.critic_steps == resumed.critic_steps == 16
   assert straight.epsilon == resumed.epsilon
   a, b = _weights(str(tmp_path / 'a' / 'model')), _weights(
       str(tmp_path / 'b' / 'model'))
   assert a.keys() == b.keys() and len(a) > 4
+  assert any(name.startswith('generator_ema/') for name in a)
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6,
                                err_msg=name)
@@ -119,6 +124,7 @@ def test_budget_exhaustion_stop_rerun_and_raise(tmp_path, tfds_dir):
     (dict(sampling='shuffle'), '--sampling'),
     (dict(batch_size=16), '--batch_size'),
     (dict(dataset='mnist', manual_dir=None), '--dataset'),  # before loading
+    (dict(generator_ema=0.9), '--generator_ema'),
 ])
 def test_resume_with_other_privacy_flags_is_refused(tmp_path, tfds_dir,
                                                     change, flag,
@@ -196,3 +202,23 @@ def test_export_loads_in_a_fresh_process_and_logs_stay_private(tmp_path, tfds_di
       assert not any(v.tag.startswith('nonprivate/')
                      for v in event.summary.value)
   assert os.path.getsize(os.path.join(config.model_dir, 'samples.png')) > 0
+
+
+def test_export_holds_the_generator_moving_average(tmp_path, tfds_dir):
+  config = tiny_config(tmp_path, tfds_dir, generator_ema=0.9)
+  result = training.train(config)
+  saved = _weights(config.model_dir)
+  average = [v for n, v in saved.items() if n.startswith('generator_ema/')]
+  last = [v for n, v in saved.items() if n.startswith('generator/')]
+  exported = [v.numpy() for v in
+              tf.saved_model.load(result.export_path).generator.variables]
+  assert len(average) == len(last) == len(exported)
+
+  def exported_has(array):
+    return any(e.shape == array.shape and np.array_equal(e, array)
+               for e in exported)
+
+  assert all(exported_has(a) for a in average)
+  assert not all(exported_has(w) for w in last)
+  metadata = export.read_metadata(result.export_path)
+  assert metadata['generator_ema'] == 0.9
