@@ -13,6 +13,7 @@ package `dataset-fashion-mnist` in /usr/share/datasets/fashion-mnist).
 
 import dataclasses
 import gzip
+import hashlib
 import os
 from typing import Optional, Tuple
 
@@ -30,20 +31,29 @@ class DatasetSpec:
   num_classes: int
   class_names: Tuple[str, ...]
   # Files that must be in --manual_dir for offline preparation (None: tfds's
-  # own manual instructions apply).
+  # own manual instructions apply), and the MD5 of each one's uncompressed
+  # content: MNIST and Fashion-MNIST use the same file names and format, so
+  # only the content tells one from the other.
   manual_files: Optional[Tuple[str, ...]] = None
+  manual_md5: Optional[Tuple[str, ...]] = None
 
 
 _IDX_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
 
 DATASETS = {
-    'mnist': DatasetSpec('mnist', 'mnist', (28, 28, 1), 10,
-                         tuple(str(i) for i in range(10)), _IDX_FILES),
+    'mnist': DatasetSpec(
+        'mnist', 'mnist', (28, 28, 1), 10, tuple(str(i) for i in range(10)),
+        _IDX_FILES, ('6bbc9ace898e44ae57da46a324031adb',
+                     'a25bea736e30d166cdddb491f175f624',
+                     '2646ac647ad5339dbf082846283269ea',
+                     '27ae3e4e09519cfbb04c329615203637')),
     'fashion_mnist': DatasetSpec(
         'fashion_mnist', 'fashion_mnist', (28, 28, 1), 10,
         ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
-         'Shirt', 'Sneaker', 'Bag', 'Ankle boot'), _IDX_FILES),
+         'Shirt', 'Sneaker', 'Bag', 'Ankle boot'), _IDX_FILES,
+        ('f4a8712d7a061bf5bd6d2ca38dc4d50a', '9018921c3c673c538a1fc5bad174d6f9',
+         '8181f5470baa50b63fa0f6fddb340f0a', '15d484375f8d13e6eb1aabb0c3f46965')),
     'cifar10': DatasetSpec(
         'cifar10', 'cifar10', (32, 32, 3), 10,
         ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
@@ -89,16 +99,33 @@ def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
     raise DataError(f'--manual_dir={manual_dir} is not a directory.')
   if spec.manual_files is None:
     return
-  for name in spec.manual_files:
+  for name, md5 in zip(spec.manual_files, spec.manual_md5):
     path = os.path.join(manual_dir, name)
     if not os.path.isfile(path):
       raise DataError(f'--manual_dir: {path} is missing (expected the four '
                       f'IDX files {", ".join(spec.manual_files)}).')
-    _check_idx_file(path)
+    _check_content(spec, name, path, md5, _check_idx_file(path))
 
 
-def _check_idx_file(path: str) -> None:
-  """Verifies an IDX(.gz) file's header against its length."""
+def _check_content(spec: DatasetSpec, name: str, path: str, md5: str,
+                   content: bytes) -> None:
+  """A well-formed file of another dataset would be trained on silently."""
+  digest = hashlib.md5(content).hexdigest()
+  if digest == md5:
+    return
+  other = [s.name for s in DATASETS.values()
+           if s.manual_files and name in s.manual_files and
+           s.manual_md5[s.manual_files.index(name)] == digest]
+  what = (f'it is the {other[0]} file: point --manual_dir at the '
+          f'{spec.name} files' if other else
+          f'its content MD5 is {digest}, the official file\'s is {md5}')
+  raise DataError(f'--manual_dir: {path} is not the {spec.name} file {name} '
+                  f'({what}).')
+
+
+def _check_idx_file(path: str) -> bytes:
+  """Verifies an IDX(.gz) file's header against its length; returns the
+  uncompressed content."""
   if os.path.getsize(path) == 0:
     raise DataError(f'--manual_dir: {path} is empty.')
   try:
@@ -117,6 +144,7 @@ def _check_idx_file(path: str) -> None:
     raise DataError(f'--manual_dir: {path} is truncated or corrupt: header '
                     f'says {dims}, file holds {len(data) - header} bytes of '
                     'data.')
+  return data
 
 
 def _center_crop_resize(image: tf.Tensor, size: int) -> tf.Tensor:

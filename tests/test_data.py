@@ -1,10 +1,14 @@
 """Datasets load offline from the raw files, in the documented ranges."""
 
+import gzip
+import os
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import MNIST_DIR
+from conftest import FASHION_MNIST_DIR, MNIST_DIR
 from dpgan_tf import data
 
 
@@ -47,3 +51,32 @@ def test_celeb_a_crop_keeps_the_face_square():
   for size in (32, 64):
     out = data._center_crop_resize(frame, size)  # pylint: disable=protected-access
     assert out.shape == (size, size, 3) and out.dtype == tf.uint8
+
+
+@pytest.mark.parametrize('dataset,manual_dir,other', [
+    ('mnist', FASHION_MNIST_DIR, 'fashion_mnist'),
+    ('fashion_mnist', MNIST_DIR, 'mnist'),
+])
+def test_files_of_the_other_dataset_are_refused(tmp_path, dataset, manual_dir,
+                                                other):
+  # Same names, same format: only the content tells them apart.
+  with pytest.raises(data.DataError,
+                     match=f'is not the {dataset} file train-images-idx3-'
+                     f'ubyte.gz \\(it is the {other} file: point '
+                     f'--manual_dir at the {dataset} files\\)'):
+    data.load_split(dataset, 'test', str(tmp_path), manual_dir, 10)
+  assert os.listdir(tmp_path) == []  # nothing prepared
+
+
+def test_a_well_formed_file_with_other_content_is_refused(tmp_path):
+  for name in data.DATASETS['mnist'].manual_files:
+    shutil.copy(os.path.join(MNIST_DIR, name), tmp_path / name)
+  labels = tmp_path / 'train-labels-idx1-ubyte.gz'
+  with gzip.open(labels) as f:
+    content = bytearray(f.read())
+  content[-1] = (content[-1] + 1) % 10  # still a valid label file
+  with gzip.open(labels, 'wb') as f:
+    f.write(bytes(content))
+  with pytest.raises(data.DataError, match='train-labels-idx1-ubyte.gz is not '
+                     'the mnist file .*its content MD5 is'):
+    data.check_manual_dir(data.DATASETS['mnist'], str(tmp_path))
