@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" - <<'PY'
 import sys
-if not (3, 9) <= sys.version_info[:2] <= (3, 11):
-    sys.exit(f"dpgan_tf needs Python 3.9-3.11 (TensorFlow 2.15); "
+if sys.version_info[:2] != (3, 11):
+    sys.exit(f"dpgan_tf needs Python 3.11 (TensorFlow 2.15 stops at 3.11; "
+             f"the pinned scipy, matplotlib deps start at 3.11); "
              f"{sys.executable} is {sys.version.split()[0]}. Set PYTHON=...")
 PY
 
