@@ -77,7 +77,7 @@ def plot(dataset, split, points, anchors, output, title=None):
   ax.set_ylabel(f'downstream accuracy on {split} (%)')
   ax.set_title(title or f'{dataset}: classifier trained on synthetic data')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='lower right')
+  ax.legend(fontsize=8, loc='best')
   fig.tight_layout()
   fig.savefig(output)
   plt.close(fig)
