@@ -88,7 +88,9 @@ class ConditionalDPGAN(keras.Model):
   @property
   def sampling_generator(self) -> keras.Model:
     """The generator to sample and export: the EMA one if kept."""
-    return self.ema_generator or self.generator
+    if self.ema_generator is None:
+      return self.generator
+    return self.ema_generator
 
   def call(self, inputs, training=False):
     """Generates images from (noise, labels)."""
