@@ -394,14 +394,23 @@ def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
   variables = critic.trainable_variables
   expected = tf.cast(expected_microbatches, tf.float32)
   if engine == 'jacobian':
-    with tf.GradientTape() as tape:
-      losses = loss_fn(records)
-    grads_and_vars = optimizer._compute_gradients(  # pylint: disable=protected-access
-        losses, list(variables), tape=tape)
-    # The optimizer divides by the microbatches it was given; rescale to the
-    # expected count so all engines apply the same update.
-    used = tf.cast(_batch_size(records) // microbatch_size, tf.float32)
-    return [g * used / expected for g, _ in grads_and_vars], tf.zeros([0])
+    used = _batch_size(records) // microbatch_size
+
+    def jacobian_gradients():
+      with tf.GradientTape() as tape:
+        losses = loss_fn(records)
+      grads_and_vars = optimizer._compute_gradients(  # pylint: disable=protected-access
+          losses, list(variables), tape=tape)
+      # The optimizer divides by the microbatches it was given; rescale to
+      # the expected count so all engines apply the same update.
+      return [g * tf.cast(used, tf.float32) / expected
+              for g, _ in grads_and_vars]
+
+    # The optimizer cannot take an empty Poisson batch (its jacobian fails
+    # on zero rows); the mechanism's output is then the noise alone.
+    empty_sum = lambda: _noised_mean(
+        optimizer, [tf.zeros_like(v) for v in variables], expected)
+    return tf.cond(used > 0, jacobian_gradients, empty_sum), tf.zeros([0])
   if engine == 'ghost':
     sums, norms = clipped_sum_ghost(optimizer, loss_fn, layers, variables,
                                     records, microbatch_size)
@@ -413,8 +422,12 @@ def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
     # Each replica clipped its own examples; noise is added once, to the
     # global sum (every replica draws the same noise from the same seed).
     sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-  # These gradients are clipped and noised by the optimizer's own query.
+  return _noised_mean(optimizer, sums, expected), norms
+
+
+def _noised_mean(optimizer, sums, expected: tf.Tensor):
+  """Clipped sums noised by the optimizer's own query, over `expected`."""
   optimizer._was_dp_gradients_called = True  # pylint: disable=protected-access
   noised, _, _ = optimizer._dp_sum_query.get_noised_result(  # pylint: disable=protected-access
       sums, optimizer._global_state)  # pylint: disable=protected-access
-  return [g / expected for g in noised], norms
+  return [g / expected for g in noised]

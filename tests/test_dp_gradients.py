@@ -208,6 +208,21 @@ def test_poisson_batch_sizes_in_one_graph(critic, engine):
   assert step.experimental_get_tracing_count() == 1
 
 
+def test_empty_poisson_batch_is_noise_alone(critic):
+  """No example, same noise from every engine: the update is still private."""
+  def empty_batch_update(engine):
+    optimizer = make_optimizer(0.5, 2.0, None, (3, 4))
+    update = tf.function(lambda records: dp_gradients.dp_gradients(
+        engine, optimizer, loss_fn('hinge', critic), critic, records, 1,
+        EXPECTED)[0])  # Compiled, as in training.
+    return [g.numpy() for g in update(make_records(0))]
+
+  noise = empty_batch_update('ghost')
+  assert np.std(np.concatenate([n.ravel() for n in noise])) > 0.5 / EXPECTED
+  for engine in ('vectorized', 'jacobian'):
+    assert_grads_close(empty_batch_update(engine), noise, atol=1e-6)
+
+
 def test_ghost_falls_back_where_layer_capture_does_not_apply(critic):
   choose = dp_gradients._choose_engine  # pylint: disable=protected-access
   assert choose('ghost', critic, False)[0] == 'ghost'
