@@ -408,9 +408,9 @@ def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
 
     # The optimizer cannot take an empty Poisson batch (its jacobian fails
     # on zero rows); the mechanism's output is then the noise alone.
-    empty_sum = lambda: _noised_mean(
+    noise_alone = lambda: _noised_mean(
         optimizer, [tf.zeros_like(v) for v in variables], expected)
-    return tf.cond(used > 0, jacobian_gradients, empty_sum), tf.zeros([0])
+    return tf.cond(used > 0, jacobian_gradients, noise_alone), tf.zeros([0])
   if engine == 'ghost':
     sums, norms = clipped_sum_ghost(optimizer, loss_fn, layers, variables,
                                     records, microbatch_size)
