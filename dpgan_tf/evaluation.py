@@ -2,18 +2,19 @@
 
 `evaluate(config)` produces one report (see REPORT_KEYS and `summary`):
 
-* Downstream accuracy, train on synthetic / test on real: the fixed CNN of
-  `classifier.py` trained on `num_samples` class-balanced samples from the
-  export's `generate` signature, tested on the real held-out examples; the
-  same CNN trained on as many real training examples is the ceiling.
+* Downstream accuracy, train on synthetic / test on real: the fixed
+  downstream CNN of `classifier.py` trained on `num_samples` class-balanced
+  samples from the export's `generate` signature, tested on the real
+  held-out examples; the same CNN trained on as many real training examples
+  is the ceiling.
 * Fidelity: Fréchet distance and k-NN precision/recall (`metrics.py`) between
   `fid_samples` samples and as many real test images, in two feature spaces:
   InceptionV3 pool features (FID proper; needs the ImageNet weights, which
   may be unavailable offline: the report then says why) and, always, the
-  penultimate features of the dataset's own classifier (`domain_fid`: NOT
-  comparable to published FIDs). In the domain space the same numbers between
-  real training and real test images are reported as the floor a perfect
-  generator would reach at this sample size.
+  penultimate features of the dataset's own feature network (`domain_fid`:
+  NOT comparable to published FIDs). In the domain space the same numbers
+  between real training and real test images are reported as the floor a
+  perfect generator would reach at this sample size.
 * Empirical privacy (with `model_dir`): membership inference against the
   trained critic (`membership.py`), beside the accounted guarantee read from
   the export's dpgan.json.

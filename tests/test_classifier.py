@@ -1,4 +1,4 @@
-"""The fixed downstream CNN, its features and the feature-classifier cache."""
+"""The fixed downstream CNN, the feature network and its cache."""
 
 import os
 
@@ -21,14 +21,25 @@ def _toy_data(n=300, seed=0):
   return images, labels
 
 
-def test_architecture_is_fixed():
-  model = classifier.build_classifier(SHAPE, 10)
-  assert model.output_shape == (None, 10)
-  assert model.get_layer(classifier.FEATURE_LAYER).output_shape == (None, 128)
-  assert [type(l).__name__ for l in model.layers] == [
+def test_architectures_are_fixed():
+  downstream = classifier.build_classifier(SHAPE, 10)
+  feature_network = classifier.build_feature_network(SHAPE, 10)
+  assert [type(l).__name__ for l in downstream.layers] == [
+      'InputLayer', 'Conv2D', 'Conv2D', 'MaxPooling2D', 'Dropout', 'Flatten',
+      'Dense', 'Dropout', 'Dense']
+  assert [type(l).__name__ for l in feature_network.layers] == [
       'InputLayer', 'Conv2D', 'Conv2D', 'Flatten', 'Dense', 'Dense']
-  assert classifier.describe()['downstream_schedule'] == {
+  for model in (downstream, feature_network):
+    assert model.output_shape == (None, 10)
+    assert model.get_layer(classifier.FEATURE_LAYER).output_shape == (None,
+                                                                      128)
+  # Keras' MNIST CNN: 1,199,882 parameters for 28x28x1 and 10 classes.
+  assert downstream.count_params() == 1199882
+  described = classifier.describe()
+  assert described['downstream_schedule'] == {
       'epochs': 5, 'batch_size': 128, 'learning_rate': 1e-3}
+  assert (described['architecture_version'],
+          described['feature_architecture_version']) == (2, 1)
 
 
 def test_train_accuracy_and_features_on_uint8_and_float_images():
@@ -70,6 +81,8 @@ def test_feature_classifier_is_cached_and_a_corrupt_cache_retrained(
       os.path.basename(info['path'])]  # No staging file left behind.
   cached, info = load()
   assert info['cached']
+  # The cache holds the feature network, never the downstream classifier.
+  assert model.name == cached.name == 'feature_network'
   np.testing.assert_array_equal(classifier.features(model, images),
                                 classifier.features(cached, images))
   with open(info['path'], 'wb') as f:
@@ -84,5 +97,5 @@ def test_feature_classifier_is_cached_and_a_corrupt_cache_retrained(
 def test_cache_key_names_dataset_size_and_version(num_examples):
   path = classifier.feature_classifier_path('/c', 'mnist', num_examples)
   assert path == (f'/c/dpgan_eval/mnist-feature-classifier-v'
-                  f'{classifier.ARCHITECTURE_VERSION}-n{num_examples}-e'
+                  f'{classifier.FEATURE_VERSION}-n{num_examples}-e'
                   f'{classifier.FEATURE.epochs}.h5')
