@@ -6,16 +6,15 @@ flags, and the last weights are evaluated: no early stopping and no choice of
 epoch, hence nothing is selected on the real test set.
 
 Downstream classifier (version DOWNSTREAM_VERSION; input: images [H, W, C],
-float32 in [0, 1]), Keras' MNIST CNN example:
+float32 in [0, 1]), the CNN of Keras 2's `examples/mnist_cnn.py`:
   Conv2D 32, 3x3, ReLU; Conv2D 64, 3x3, ReLU; MaxPool 2x2; Dropout 0.25
   Flatten, Dense 128, ReLU; Dropout 0.5
   Dense num_classes                 <- logits
 Schedule: Adam (lr 1e-3), batch 128, cross-entropy, DOWNSTREAM.epochs epochs
 over a seeded shuffle. It replaced (version 1) the feature network below as
-the downstream classifier: trained on the same synthetic samples it
-generalises better to real images (issue #5, README "Results", measured on
-the validation split only), and it is the classifier the published
-train-on-synthetic numbers are usually compared with.
+the downstream classifier: trained on the same synthetic samples it carries
+over better to real images (issue #5, README "Results"; measured on the
+validation split only).
 
 Feature network (version FEATURE_VERSION):
   Conv2D 32, 3x3, stride 2, ReLU

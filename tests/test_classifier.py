@@ -33,7 +33,8 @@ def test_architectures_are_fixed():
     assert model.output_shape == (None, 10)
     assert model.get_layer(classifier.FEATURE_LAYER).output_shape == (None,
                                                                       128)
-  # Keras' MNIST CNN: 1,199,882 parameters for 28x28x1 and 10 classes.
+  # Keras 2's examples/mnist_cnn.py: 1,199,882 parameters at 28x28x1, 10
+  # classes.
   assert downstream.count_params() == 1199882
   described = classifier.describe()
   assert described['downstream_schedule'] == {
