@@ -88,8 +88,8 @@ def _cnn(image_shape: Tuple[int, int, int], num_classes: int,
   return keras.Model(images, logits, name=name)
 
 
-def build_classifier(image_shape: Tuple[int, int, int],
-                     num_classes: int) -> keras.Model:
+def build_downstream_classifier(image_shape: Tuple[int, int, int],
+                                num_classes: int) -> keras.Model:
   """The downstream classifier (see module doc)."""
   layers = keras.layers
   return _cnn(image_shape, num_classes, [
@@ -152,8 +152,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray,
                      image_shape: Tuple[int, int, int], num_classes: int,
                      schedule: Schedule, seed: int,
                      name: str = 'downstream',
-                     build: Callable[..., keras.Model] = build_classifier
-                     ) -> keras.Model:
+                     build: Callable[..., keras.Model] = (
+                         build_downstream_classifier)) -> keras.Model:
   """Trains a fresh `build(image_shape, num_classes)` with `schedule`.
 
   Args:

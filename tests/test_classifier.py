@@ -22,7 +22,7 @@ def _toy_data(n=300, seed=0):
 
 
 def test_architectures_are_fixed():
-  downstream = classifier.build_classifier(SHAPE, 10)
+  downstream = classifier.build_downstream_classifier(SHAPE, 10)
   feature_network = classifier.build_feature_network(SHAPE, 10)
   assert [type(l).__name__ for l in downstream.layers] == [
       'InputLayer', 'Conv2D', 'Conv2D', 'MaxPooling2D', 'Dropout', 'Flatten',
