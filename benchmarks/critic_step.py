@@ -153,13 +153,17 @@ def main():
   parser.add_argument('--loss', default='hinge',
                       choices=losses.CRITIC_LOSSES)
   parser.add_argument('--batch_sizes', type=int, nargs='+', default=[64, 256])
+  parser.add_argument('--critic_width', type=int, default=32,
+                      help='Filters of the first convolution (train.py '
+                      '--critic_width; the presets use 32 or 64).')
   args = parser.parse_args()
 
   engines = [e for e in dp_gradients.GRAD_ENGINES if e != 'jacobian']
   variants = [('plain', None)] + [(e, None) for e in engines]
   if not args.quick:
     variants += [('jacobian_m64', 64), ('jacobian_m8', 8)]
-  results = {'loss': args.loss, 'device': 'GPU' if tf.config
+  results = {'loss': args.loss, 'critic_width': args.critic_width,
+             'device': 'GPU' if tf.config
                                              .list_physical_devices('GPU')
              else f'CPU x{os.cpu_count()}'}
   for dataset, image_shape in CRITICS.items():
@@ -169,7 +173,8 @@ def main():
       records = _records(image_shape, batch_size)
       steps = {}
       for name, num_microbatches in variants:
-        critic = networks.build_critic(image_shape, NUM_CLASSES)
+        critic = networks.build_critic(image_shape, NUM_CLASSES,
+                                       args.critic_width)
         steps[name] = _step(name.split('_')[0], critic, args.loss,
                             batch_size, num_microbatches)
       # The per-example jacobian is tens of seconds a step at batch 256.

@@ -18,12 +18,13 @@ Three engines compute the same mechanism:
   the loss gradient at the layer's outputs, summed over every call of the
   layer (the critic scores real and fake: two calls per record). Its squared
   norm is either sum((A_i^T D_i)^2) or, without forming it, the "ghost norm"
-  sum((A_i A_i^T) * (D_i D_i^T)); per layer the cheaper is used. The clipped
-  sum is then sum_i w_i A_i^T D_i, from the per-example gradients when they
-  were formed, else one matmul per layer. The backward pass stops at layer
-  outputs and this replaces the weight-gradient part of a plain backward
-  pass, so the step costs little more than a plain one (1.1-1.4x for the
-  MNIST critic on a 2-core CPU; benchmarks/critic_step.py). Keras has no
+  sum((A_i A_i^T) * (D_i D_i^T)); per layer a rule on its shapes picks the
+  cheaper (ghost_norm_is_cheaper). The clipped sum is then
+  sum_i w_i A_i^T D_i, from the per-example gradients when they were formed,
+  else one matmul per layer. The backward pass stops at layer outputs and
+  this replaces the weight-gradient part of a plain backward pass, so the
+  step costs little more than a plain one (1.1-1.4x for the MNIST critics
+  on a 2-core CPU; benchmarks/critic_step.py). Keras has no
   per-call hook that exposes a layer's inputs and outputs to a tape, so the
   layers' `call` is wrapped while the loss is traced, and restored after.
   It needs every trainable variable to be the kernel or bias of a Dense or
@@ -282,6 +283,31 @@ def _recording_calls(layers, tape: tf.GradientTape):
       del layer.call  # Back to the class's method.
 
 
+# What writing, squaring and reading back one element of a per-microbatch
+# gradient costs, in multiply-adds of the ghost norm's Gram matmuls; see
+# ghost_norm_is_cheaper.
+_GRADIENT_ELEMENT_COST = 32
+
+
+def ghost_norm_is_cheaper(s: int, k: int, o: int) -> bool:
+  """Whether a layer's clipped sum is cheaper by ghost norm than by forming
+  its per-microbatch gradients (S positions, K inputs, O outputs).
+
+  Forming them takes S*K*O multiply-adds per microbatch and M*K*O floats,
+  written, squared and read back by the weighted sum; the ghost norm takes
+  S*S*(K+O) multiply-adds in batched small matmuls, and its weighted sum a
+  further S*K*O in one large matmul. So the ghost norm must cost less than
+  the gradients' multiply-adds, S*S*(K+O) < S*K*O, and also less than their
+  memory traffic, S*S*(K+O) < 32*K*O. Timed layer by layer on the 2-core
+  CPU at 512 microbatches, the ghost norm is 3x faster for the class
+  projection (S=2, K=10, O=6272) and CIFAR's last convolution (S=32,
+  K=2048, O=256), but 1.5x slower for MNIST's width-64 second convolution
+  (S=98, K=1024, O=128), which passes the first test only; forming its
+  gradients makes that critic's whole DP step 15% faster.
+  """
+  return s * s * (k + o) < min(s, _GRADIENT_ELEMENT_COST) * k * o
+
+
 def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
   """Squared norms of the kernel gradients a_m^T d_m, and their weighted sum.
 
@@ -290,15 +316,15 @@ def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
     d: loss gradients at the layer's outputs [M, S, O].
 
   Returns:
-    (||a_m^T d_m||_F^2 [M], weights [M] -> sum_m w_m a_m^T d_m [K, O]).
-    Forming the per-microbatch gradients costs S*K*O per microbatch and the
-    sum reuses them; the ghost norm sum((a a^T) * (d d^T)) costs S*S*(K+O)
-    and the sum is one matmul over all positions. Static shapes pick the
-    cheaper. Both form the transposes, d^T a: with the long K dimension
+    (||a_m^T d_m||_F^2 [M], weights [M] -> sum_m w_m a_m^T d_m [K, O]),
+    by the ghost norm sum((a a^T) * (d d^T)) and one matmul over all
+    positions for the sum, or by forming the per-microbatch gradients and
+    reusing them for the sum, as ghost_norm_is_cheaper picks from the static
+    shapes. Both form the transposes, d^T a: with the long K dimension
     innermost, TF's CPU matmuls run about 1.6x faster.
   """
   s, k, o = a.shape[1], a.shape[2], d.shape[2]
-  if s is not None and s * (k + o) < k * o:
+  if s is not None and ghost_norm_is_cheaper(s, k, o):
     squares = tf.reduce_sum(tf.matmul(a, a, transpose_b=True) *
                             tf.matmul(d, d, transpose_b=True), [1, 2])
     return squares, lambda w: tf.transpose(tf.matmul(

@@ -131,6 +131,41 @@ def test_per_example_norms_match_loop(critic):
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize('ghost_norm', (True, False))
+def test_each_layer_rule_matches_loop(critic, monkeypatch, ghost_norm):
+  """Ghost norm or formed gradients, for every layer: same norms, same sum.
+
+  The shape rule picks one per layer; forcing each on all layers (Conv2D
+  and Dense, microbatches of 2) checks both against the loop.
+  """
+  monkeypatch.setattr(dp_gradients, 'ghost_norm_is_cheaper',
+                      lambda *_: ghost_norm)
+  records = make_records(6)
+  per_record = per_record_gradients(critic, records)
+  pairs = [[(a + b) / 2 for a, b in zip(per_record[i], per_record[i + 1])]
+           for i in range(0, 6, 2)]
+  clip = float(np.median([global_norm(g) for g in pairs]))
+  scales = [min(1.0, clip / global_norm(g)) for g in pairs]
+  expected = [sum(s * t for s, t in zip(scales, parts)) / 3.0
+              for parts in zip(*pairs)]
+  grads, norms = private_gradients('ghost', critic, records, clip=clip,
+                                   microbatch_size=2, expected=3.0)
+  np.testing.assert_allclose(norms, [global_norm(g) for g in pairs],
+                             rtol=1e-5)
+  assert_grads_close(grads, expected)
+
+
+def test_ghost_norm_rule_on_the_presets_layers():
+  """(positions S over both critic calls, inputs K, outputs O) per layer."""
+  cheaper = dp_gradients.ghost_norm_is_cheaper
+  assert cheaper(2, 10, 6272)  # class projection, MNIST width 64
+  assert cheaper(32, 2048, 256)  # CIFAR's last convolution, width 64
+  assert not cheaper(98, 1024, 128)  # MNIST's second convolution, width 64
+  assert not cheaper(98, 512, 64)  # ... width 32
+  assert not cheaper(392, 16, 64)  # MNIST's first convolution
+  assert not cheaper(2, 6272, 1)  # the unconditional score
+
+
 @pytest.mark.parametrize('engine', dp_gradients.GRAD_ENGINES)
 def test_clipping_matches_query_preprocess_record(critic, engine):
   records = make_records(BATCH)
