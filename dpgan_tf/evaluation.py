@@ -62,7 +62,8 @@ from dpgan_tf import metrics
 REPORT_KEYS = ('dataset', 'held_out', 'export', 'privacy', 'metrics',
                'downstream', 'fidelity', 'membership_inference', 'samples_png', 'config',
                'timings_s', 'versions')
-METRIC_KEYS = ('accuracy_synthetic', 'accuracy_real', 'domain_fid',
+METRIC_KEYS = ('accuracy_synthetic', 'accuracy_synthetic_std',
+               'accuracy_real', 'domain_fid',
                'domain_precision', 'domain_recall', 'inception_fid',
                'inception_precision', 'inception_recall', 'mia_auc',
                'mia_advantage')
@@ -88,6 +89,9 @@ class EvalConfig:
   num_samples: int = 10000
   fid_samples: int = 2000
   seed: int = 0
+  # The synthetic-trained classifier is trained this many times, run i on
+  # its own samples and initialisation from seed + i; see evaluate.
+  downstream_runs: int = 1
   # 'imagenet' (download), a path to the no-top .h5 weights, or 'none'.
   inception_weights: str = 'imagenet'
   cache_dir: Optional[str] = None
@@ -151,6 +155,8 @@ def validate(c: EvalConfig) -> _Checked:
            f'--fid_samples={c.fid_samples} must be in '
            f'({PRECISION_RECALL_K}, --num_samples={c.num_samples}].')
   _require(c.seed >= 0, f'--seed={c.seed} must be non-negative.')
+  _require(c.downstream_runs >= 1,
+           f'--downstream_runs={c.downstream_runs} must be at least 1.')
   _require(c.inception_weights in ('imagenet', 'none') or
            os.path.isfile(c.inception_weights),
            f'--inception_weights={c.inception_weights} is not a file (give '
@@ -396,9 +402,22 @@ def evaluate(c: EvalConfig) -> dict:
     grid = sample_grid(module, metadata, c.seed)
 
   with timer('downstream classifiers'):
-    synthetic = classifier.train_classifier(
-        fake_images, fake_labels, spec.image_shape, spec.num_classes,
-        classifier.DOWNSTREAM, c.seed, name='synthetic-trained')
+    # Run i is what --seed=seed+i measures alone (its samples and
+    # initialisation): one draw varies by about a point at epsilon=1
+    # (README, "Evaluation noise"), so comparisons want several.
+    synthetic_runs = []
+    for run in range(c.downstream_runs):
+      seed = c.seed + run
+      images, labels = ((fake_images, fake_labels) if run == 0 else
+                        generate_samples(module, spec.num_classes,
+                                         c.num_samples, seed))
+      model = classifier.train_classifier(
+          images, labels, spec.image_shape, spec.num_classes,
+          classifier.DOWNSTREAM, seed, name='synthetic-trained')
+      synthetic_runs.append({'seed': seed,
+                             'test_accuracy': classifier.accuracy(
+                                 model, held.images, held.labels)})
+    synthetic_accuracies = [r['test_accuracy'] for r in synthetic_runs]
     real_idx = np.sort(rng.choice(len(real_pool), min(c.num_samples,
                                                       len(real_pool)),
                                   replace=False))
@@ -409,9 +428,13 @@ def evaluate(c: EvalConfig) -> dict:
     downstream = {
         **classifier.describe(),
         'test_examples': len(held),
-        'synthetic': {'train_examples': c.num_samples,
-                      'test_accuracy': classifier.accuracy(
-                          synthetic, held.images, held.labels)},
+        'synthetic': {
+            'train_examples': c.num_samples,
+            'test_accuracy': float(np.mean(synthetic_accuracies)),
+            # Sample s.d. over the runs; undefined for one run.
+            'test_accuracy_std': (float(np.std(synthetic_accuracies, ddof=1))
+                                  if len(synthetic_accuracies) > 1 else None),
+            'runs': synthetic_runs},
         'real': {'train_examples': len(real_idx),
                  'test_accuracy': classifier.accuracy(real, held.images,
                                                       held.labels)},
@@ -466,6 +489,8 @@ def evaluate(c: EvalConfig) -> dict:
       'privacy': privacy,
       'metrics': {
           'accuracy_synthetic': downstream['synthetic']['test_accuracy'],
+          'accuracy_synthetic_std': downstream['synthetic'][
+              'test_accuracy_std'],
           'accuracy_real': downstream['real']['test_accuracy'],
           'domain_fid': domain['fid'],
           'domain_precision': domain['precision'],
@@ -518,14 +543,18 @@ def summary(report: dict) -> str:
   downstream = report['downstream']
   inception = report['fidelity']['inception']
   attack = report['membership_inference']
+  runs = downstream['synthetic']['runs']
+  spread = (f' (mean of {len(runs)} runs, s.d. '
+            f'{_fmt(m["accuracy_synthetic_std"])})' if len(runs) > 1 else '')
   lines = [
       f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
       f'  Guarantee: {privacy.get("guarantee")}',
       f'  Accuracy on {downstream["test_examples"]} real held-out images '
       f'({report["held_out"]["range"]}) of the fixed CNN trained on',
       f'    {downstream["synthetic"]["train_examples"]} samples '
-      f'{_fmt(m["accuracy_synthetic"])}   {downstream["real"]["train_examples"]}'
-      f' real examples (ceiling) {_fmt(m["accuracy_real"])}',
+      f'{_fmt(m["accuracy_synthetic"])}{spread}   '
+      f'{downstream["real"]["train_examples"]} real examples (ceiling) '
+      f'{_fmt(m["accuracy_real"])}',
       f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
       f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs held-out: '
       f'{_fmt(domain["real_reference"]["fid"], ".3f")})',

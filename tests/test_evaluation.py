@@ -64,7 +64,7 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
   monkeypatch.setattr(classifier, 'FEATURE_TRAIN_EXAMPLES', 500)
   model_dir = _model_dir(str(tmp_path / 'run'))
   c = _config(tmp_path, tfds_dir, export_dir=os.path.dirname(tiny_export),
-              model_dir=model_dir)
+              model_dir=model_dir, downstream_runs=2)
   report = evaluation.evaluate(c)
 
   with open(c.output) as f:
@@ -77,6 +77,19 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
     assert 0.0 <= m[key] <= 1.0, key
   # An untrained generator is far worse than real data on every count.
   assert m['accuracy_real'] > m['accuracy_synthetic']
+  # Run i of --downstream_runs is what --seed=i measures alone.
+  alone = evaluation.evaluate(_config(
+      tmp_path, tfds_dir, export_dir=os.path.dirname(tiny_export), seed=1,
+      output=str(tmp_path / 'seed1.json')))
+  assert alone['metrics']['accuracy_synthetic_std'] is None  # One run.
+  runs = report['downstream']['synthetic']['runs']
+  assert runs == [runs[0], alone['downstream']['synthetic']['runs'][0]]
+  assert [r['seed'] for r in runs] == [0, 1]
+  accuracies = [r['test_accuracy'] for r in runs]
+  assert accuracies[0] != accuracies[1]  # Each run has its own draw.
+  assert m['accuracy_synthetic'] == pytest.approx(np.mean(accuracies))
+  assert m['accuracy_synthetic_std'] == pytest.approx(
+      np.std(accuracies, ddof=1))
   domain = report['fidelity']['domain']
   assert m['domain_fid'] > domain['real_reference']['fid'] >= 0
   assert 'classifier features' in domain['name']
@@ -95,6 +108,7 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
   assert os.listdir(os.path.join(model_dir, 'eval'))
   text = evaluation.summary(report)
   assert 'domain_fid' in text and 'AUC' in text
+  assert 'mean of 2 runs' in text
   assert len(text.splitlines()) < 25
 
 
@@ -196,6 +210,7 @@ def test_unavailable_inception_weights_are_reported(monkeypatch):
     ({'eval_split': 'validation', 'validation_examples': 50},
      '--validation_examples=50'),
     ({'eval_split': 'train'}, '--eval_split'),
+    ({'downstream_runs': 0}, '--downstream_runs=0'),
 ])
 def test_bad_inputs_are_rejected_before_any_work(tmp_path, tiny_export,
                                                  overrides, match):
