@@ -5,8 +5,9 @@
 * Downstream accuracy, train on synthetic / test on real: the fixed
   downstream CNN of `classifier.py` trained on `num_samples` class-balanced
   samples from the export's `generate` signature, tested on the real
-  held-out examples; the same CNN trained on as many real training examples
-  is the ceiling.
+  held-out examples (with `downstream_runs` > 1, the mean over that many
+  sample draws and trainings, with their s.d.); the same CNN trained on as
+  many real training examples is the ceiling.
 * Fidelity: Fréchet distance and k-NN precision/recall (`metrics.py`) between
   `fid_samples` samples and as many real test images, in two feature spaces:
   InceptionV3 pool features (FID proper; needs the ImageNet weights, which
