@@ -303,7 +303,7 @@ def ghost_norm_is_cheaper(s: int, k: int, o: int) -> bool:
   projection (S=2, K=10, O=6272) and CIFAR's last convolution (S=32,
   K=2048, O=256), but 1.5x slower for MNIST's width-64 second convolution
   (S=98, K=1024, O=128), which passes the first test only; forming its
-  gradients makes that critic's whole DP step 15% faster.
+  gradients makes that critic's whole DP step 10% faster.
   """
   return s * s * (k + o) < min(s, _GRADIENT_ELEMENT_COST) * k * o
 
