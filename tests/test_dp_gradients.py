@@ -132,7 +132,8 @@ def test_per_example_norms_match_loop(critic):
 
 
 @pytest.mark.parametrize('ghost_norm', (True, False))
-def test_ghost_norm_and_formed_gradients_match_loop(critic, monkeypatch, ghost_norm):
+def test_ghost_norm_and_formed_gradients_match_loop(critic, monkeypatch,
+                                                    ghost_norm):
   """Ghost norm or formed gradients, for every layer: same norms, same sum.
 
   The shape rule picks one per layer; forcing each on all layers (Conv2D
