@@ -47,6 +47,9 @@ class TrainConfig:
   critic_lr: float = 2e-4
   beta_1: float = 0.5
   beta_2: float = 0.999
+  # The critic's own Adam beta_1 (None: beta_1). Its noise is independent
+  # from step to step, so more momentum averages more of it away.
+  critic_beta_1: Optional[float] = None
   # Decay of an exponential moving average of the generator's weights; the
   # average (not the last iterate) is sampled and exported. 0 turns it off.
   generator_ema: float = 0.0
@@ -123,7 +126,9 @@ def validate(c: TrainConfig) -> None:
              f'--{name}={getattr(c, name)} must be >= 1.')
   for name in ('generator_lr', 'critic_lr'):
     _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
-  for name in ('beta_1', 'beta_2', 'generator_ema'):
+  for name in ('beta_1', 'beta_2', 'critic_beta_1', 'generator_ema'):
+    if getattr(c, name) is None:
+      continue
     _require(0 <= getattr(c, name) < 1,
              f'--{name}={getattr(c, name)} must be in [0, 1).')
   if c.seed is not None:

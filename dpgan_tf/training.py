@@ -164,6 +164,24 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
   }
 
 
+def make_optimizers(c: config_lib.TrainConfig, sigma: float,
+                    noise_seed: tf.Variable):
+  """(critic's DP Adam, generator's Adam), as the flags set them.
+
+  The critic may have its own beta_1 (--critic_beta_1): its gradients carry
+  fresh Gaussian noise every step, which momentum averages, while the
+  generator's gradients are noise-free.
+  """
+  num_microbatches = None if c.microbatch_size == 1 else c.num_microbatches
+  critic_beta_1 = c.beta_1 if c.critic_beta_1 is None else c.critic_beta_1
+  critic_optimizer = privacy.make_dp_critic_optimizer(
+      c.l2_norm_clip, sigma, num_microbatches, noise_seed,
+      learning_rate=c.critic_lr, beta_1=critic_beta_1, beta_2=c.beta_2)
+  generator_optimizer = tf.keras.optimizers.legacy.Adam(
+      c.generator_lr, beta_1=c.beta_1, beta_2=c.beta_2)
+  return critic_optimizer, generator_optimizer
+
+
 @dataclasses.dataclass
 class TrainResult:
   epsilon: float
@@ -243,13 +261,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,
         nonprivate_diagnostics=c.nonprivate_diagnostics,
         ema_generator=ema_generator, ema_decay=c.generator_ema)
-    num_microbatches = None if c.microbatch_size == 1 else c.num_microbatches
-    model.compile(
-        d_optimizer=privacy.make_dp_critic_optimizer(
-            c.l2_norm_clip, sigma, num_microbatches, model.noise_seed,
-            learning_rate=c.critic_lr, beta_1=c.beta_1, beta_2=c.beta_2),
-        g_optimizer=tf.keras.optimizers.legacy.Adam(
-            c.generator_lr, beta_1=c.beta_1, beta_2=c.beta_2))
+    model.compile(*make_optimizers(c, sigma, model.noise_seed))
     checkpoint = make_checkpoint(model)
   # Every worker resumes from the chief's checkpoints (--model_dir on a
   # shared file system). Saving is collective under

@@ -134,6 +134,7 @@ _BAD_VALUES = [
     (dict(sampling='shuffle'), '--sampling'),
     (dict(dataset='imagenet'), "--dataset='imagenet' is not supported"),
     (dict(generator_ema=1.0), '--generator_ema=1.0 must be in [0, 1)'),
+    (dict(critic_beta_1=1.0), '--critic_beta_1=1.0 must be in [0, 1)'),
 ]
 
 

@@ -37,6 +37,22 @@ def _weights(model_dir):
           if name.startswith(('generator/', 'critic/', 'generator_ema/'))}
 
 
+@pytest.mark.parametrize('critic_beta_1,expected', [(None, 0.5), (0.9, 0.9)])
+def test_critic_beta_1_sets_the_critic_optimizer_alone(critic_beta_1,
+                                                        expected):
+  c = config_lib.TrainConfig(beta_1=0.5, beta_2=0.99, critic_lr=1e-3,
+                             generator_lr=2e-3, critic_beta_1=critic_beta_1)
+  critic_opt, generator_opt = training.make_optimizers(
+      c, 1.2, tf.Variable([0, 0], dtype=tf.int64))
+  critic, generator = critic_opt.get_config(), generator_opt.get_config()
+  assert (critic['beta_1'], critic['beta_2'], critic['learning_rate']) == (
+      pytest.approx(expected), pytest.approx(0.99), pytest.approx(1e-3))
+  assert (generator['beta_1'], generator['learning_rate']) == (
+      pytest.approx(0.5), pytest.approx(2e-3))
+  assert critic['global_state'] == {'l2_norm_clip': 1.0,
+                                    'stddev': pytest.approx(1.2)}
+
+
 def test_resume_equals_uninterrupted(tmp_path, tfds_dir):
   ema = dict(generator_ema=0.9)  # the moving average must resume too
   straight = training.train(tiny_config(tmp_path / 'a', tfds_dir, epochs=2,
