@@ -63,7 +63,11 @@ flags.DEFINE_integer('chunk_size', _DEFAULTS.chunk_size, 'Microbatches per '
 flags.DEFINE_float('epochs', _DEFAULTS.epochs, 'Passes over the training '
                    'data (in expectation) by the critic.')
 flags.DEFINE_integer('n_critic', _DEFAULTS.n_critic,
-                     'Critic updates per generator update.')
+                     'Critic updates (privacy steps) per generator step.')
+flags.DEFINE_integer('n_generator', _DEFAULTS.n_generator,
+                     'Generator updates per generator step, after its critic '
+                     'updates. They read no real data: no privacy cost, '
+                     'only compute.')
 flags.DEFINE_enum('loss', _DEFAULTS.loss, losses.CRITIC_LOSSES, 'Critic loss.')
 flags.DEFINE_float('gp_weight', _DEFAULTS.gp_weight, 'wgan_gp penalty weight.')
 flags.DEFINE_float('critic_weight_clip', _DEFAULTS.critic_weight_clip,
@@ -129,9 +133,11 @@ def main(argv):
     print(f'train.py: training diverged: {e}', file=sys.stderr)
     sys.exit(3)
   print(result.message)
+  updates = (f', {config.n_generator} generator updates each'
+             if config.n_generator > 1 else '')
   print(f'Final epsilon: {result.epsilon:.4f} (delta={config.delta:g}) after '
         f'{result.critic_steps} critic steps '
-        f'({result.generator_steps} generator steps).')
+        f'({result.generator_steps} generator steps{updates}).')
   print(f'Guarantee: {result.guarantee}')
   if result.export_path:
     print(f'Exported generator: {result.export_path}')

@@ -37,6 +37,9 @@ class TrainConfig:
   # GAN.
   epochs: float = 1.0
   n_critic: int = 1
+  # Generator updates per generator step: they read no real data, so they add
+  # generator progress at no privacy cost (compute only).
+  n_generator: int = 1
   loss: str = 'hinge'
   gp_weight: float = 10.0
   critic_weight_clip: float = 0.0
@@ -117,11 +120,10 @@ def validate(c: TrainConfig) -> None:
   _require(c.critic_weight_clip >= 0,
            f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
   _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
-  _require(c.n_critic >= 1, f'--n_critic={c.n_critic} must be >= 1.')
   _require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
-  for name in ('checkpoint_every', 'sample_every', 'log_every',
-               'keep_checkpoints', 'latent_dim', 'generator_width',
-               'critic_width'):
+  for name in ('n_critic', 'n_generator', 'checkpoint_every', 'sample_every',
+               'log_every', 'keep_checkpoints', 'latent_dim',
+               'generator_width', 'critic_width'):
     _require(getattr(c, name) >= 1,
              f'--{name}={getattr(c, name)} must be >= 1.')
   for name in ('generator_lr', 'critic_lr'):

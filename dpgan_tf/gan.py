@@ -1,10 +1,11 @@
 """The conditional DPGAN as a Keras model with a custom `train_step`.
 
-One `train_step` is `n_critic` private critic updates, each on its own real
-batch, then one generator update that reads no real data. Every critic update
-is one step of the subsampled Gaussian mechanism and is counted in the
-ledger in the same graph that applies it, so the count can never drift from
-the updates actually made.
+One `train_step` (a generator step) is `n_critic` private critic updates,
+each on its own real batch, then `n_generator` generator updates that read no
+real data, so they cost no privacy, only compute. Every critic update is one
+step of the subsampled Gaussian mechanism and is counted in the ledger in the
+same graph that applies it, so the count can never drift from the updates
+actually made.
 
 All randomness is stateless and keyed by (seed, stream, step counter): a run
 resumed from a checkpoint continues with exactly the noise an uninterrupted
@@ -17,10 +18,11 @@ Wasserstein estimate, clipping statistics, the realised batch size) is a
 non-private diagnostic, computed only when asked for and named `nonprivate_*`.
 
 With `ema_generator`, an exponential moving average of the generator's
-weights is kept after every generator update; it is what `sampling_generator`
-returns, so samples, TensorBoard images and the export come from the
-average. Averaging the iterates smooths out the oscillation that the critic's
-DP noise causes. It reads only generator weights, so it is post-processing.
+weights is updated after every generator update; it is what
+`sampling_generator` returns, so samples, TensorBoard images and the export
+come from the average. Averaging the iterates smooths out the oscillation
+that the critic's DP noise causes. It reads only generator weights, so it is
+post-processing.
 
 Under tf.distribute each replica gets a slice of every global batch. The
 randomness of a step (fakes, interpolation points, the generator's batch) is
@@ -46,7 +48,7 @@ class ConditionalDPGAN(keras.Model):
   """Generator + critic trained with a DP critic optimizer."""
 
   def __init__(self, generator, critic, ledger, *, num_classes, latent_dim,
-               loss='hinge', n_critic=1, gp_weight=10.0,
+               loss='hinge', n_critic=1, n_generator=1, gp_weight=10.0,
                critic_weight_clip=0.0, grad_engine='ghost',
                microbatch_size=1, expected_batch_size=64, seed=0,
                chunk_size=128, nonprivate_diagnostics=False,
@@ -62,6 +64,7 @@ class ConditionalDPGAN(keras.Model):
     self.latent_dim = latent_dim
     self.loss_type = loss
     self.n_critic = n_critic
+    self.n_generator = n_generator
     self.gp_weight = gp_weight
     self.critic_weight_clip = critic_weight_clip
     self.grad_engine = grad_engine
@@ -74,6 +77,7 @@ class ConditionalDPGAN(keras.Model):
     # Counters are written identically by every replica.
     same = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self.seed = tf.Variable(seed, dtype=tf.int64, trainable=False)
+    # Generator steps (train steps) taken, of n_generator updates each.
     self.generator_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
                                        aggregation=same)
     # Read by the DP optimizer's query; set before every critic update.
@@ -189,12 +193,12 @@ class ConditionalDPGAN(keras.Model):
         self.critic.trainable_variables,
         lambda var: tf.clip_by_value(var, -c, c))
 
-  def update_generator_ema(self):
+  def update_generator_ema(self, updates):
     """ema <- d * ema + (1 - d) * weights, with d = min(decay, (1+t)/(10+t))
-    at generator step t (tf.train.ExponentialMovingAverage's warm-up), so
-    that the random initialisation is forgotten within the first steps."""
-    steps = tf.cast(self.generator_steps, tf.float32)
-    decay = tf.minimum(self.ema_decay, (1.0 + steps) / (10.0 + steps))
+    after t generator updates (tf.train.ExponentialMovingAverage's warm-up),
+    so that the random initialisation is forgotten within the first ones."""
+    updates = tf.cast(updates, tf.float32)
+    decay = tf.minimum(self.ema_decay, (1.0 + updates) / (10.0 + updates))
     self._update_in_cross_replica(
         self.ema_generator.weights,
         lambda average, weight: decay * average + (1.0 - decay) * weight,
@@ -220,15 +224,15 @@ class ConditionalDPGAN(keras.Model):
       return tf.nn.relu(1.0 + fake_scores)
     return fake_scores
 
-  def generator_step(self):
-    """One generator update on uniformly drawn classes (no real data)."""
+  def generator_update(self, update):
+    """Generator update number `update` of the run (from 0), on uniformly
+    drawn classes (no real data)."""
     replica_id, replicas = self._replica()
     size = max(self.expected_batch_size, replicas)
     labels = tf.random.stateless_uniform(
-        [size], self._key(_GEN_LABELS, self.generator_steps), 0,
-        self.num_classes, tf.int32)
+        [size], self._key(_GEN_LABELS, update), 0, self.num_classes, tf.int32)
     noise = tf.random.stateless_normal(
-        [size, self.latent_dim], self._key(_GEN_NOISE, self.generator_steps))
+        [size, self.latent_dim], self._key(_GEN_NOISE, update))
     begin = replica_id * size // replicas
     end = (replica_id + 1) * size // replicas
     with tf.GradientTape() as tape:
@@ -242,9 +246,8 @@ class ConditionalDPGAN(keras.Model):
     grads = tape.gradient(share, self.generator.trainable_variables)
     self.g_optimizer.apply_gradients(zip(grads,
                                          self.generator.trainable_variables))
-    self.generator_steps.assign_add(1)
     if self.ema_generator is not None:
-      self.update_generator_ema()
+      self.update_generator_ema(update + 1)
     return self._sum_over_replicas(share)
 
   def train_step(self, data):
@@ -252,5 +255,9 @@ class ConditionalDPGAN(keras.Model):
     per_step = [self.critic_step(images, labels) for images, labels in data]
     metrics = {k: tf.add_n([m[k] for m in per_step]) / len(per_step)
                for k in per_step[0]}
-    metrics['generator_loss'] = self.generator_step()
+    first = self.generator_steps * self.n_generator
+    generator_losses = [self.generator_update(first + i)
+                        for i in range(self.n_generator)]
+    self.generator_steps.assign_add(1)
+    metrics['generator_loss'] = tf.add_n(generator_losses) / self.n_generator
     return metrics

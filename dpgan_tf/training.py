@@ -256,6 +256,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     model = gan.ConditionalDPGAN(
         generator, critic, ledger, num_classes=spec.num_classes,
         latent_dim=c.latent_dim, loss=c.loss, n_critic=c.n_critic,
+        n_generator=c.n_generator,
         gp_weight=c.gp_weight, critic_weight_clip=c.critic_weight_clip,
         grad_engine=c.grad_engine, microbatch_size=c.microbatch_size,
         expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,

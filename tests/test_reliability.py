@@ -135,6 +135,7 @@ _BAD_VALUES = [
     (dict(dataset='imagenet'), "--dataset='imagenet' is not supported"),
     (dict(generator_ema=1.0), '--generator_ema=1.0 must be in [0, 1)'),
     (dict(critic_beta_1=1.0), '--critic_beta_1=1.0 must be in [0, 1)'),
+    (dict(n_generator=0), '--n_generator=0 must be >= 1'),
 ]
 
 
