@@ -15,7 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -89,8 +89,9 @@ def get_spec(dataset: str) -> DatasetSpec:
   return DATASETS[dataset]
 
 
-def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
-  """Fails with a message naming the file when the raw files are unusable.
+def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> Dict[str, bytes]:
+  """Fails with a message naming the file when the raw files are unusable;
+  returns each file's uncompressed content by name.
 
   tfds would otherwise fail deep inside preparation (or, worse, succeed on a
   truncated file and silently train on fewer examples).
@@ -98,13 +99,16 @@ def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
   if not os.path.isdir(manual_dir):
     raise DataError(f'--manual_dir={manual_dir} is not a directory.')
   if spec.manual_files is None:
-    return
+    return {}
+  contents = {}
   for name, md5 in zip(spec.manual_files, spec.manual_md5):
     path = os.path.join(manual_dir, name)
     if not os.path.isfile(path):
       raise DataError(f'--manual_dir: {path} is missing (expected the four '
                       f'IDX files {", ".join(spec.manual_files)}).')
-    _check_content(spec, name, path, md5, _check_idx_file(path))
+    contents[name] = _check_idx_file(path)
+    _check_content(spec, name, path, md5, contents[name])
+  return contents
 
 
 def _check_content(spec: DatasetSpec, name: str, path: str, md5: str,
@@ -175,13 +179,19 @@ def load_split(dataset: str,
     LabeledImages with uint8 images and int32 labels.
   """
   spec = get_spec(dataset)
-  if manual_dir:
-    check_manual_dir(spec, manual_dir)
+  manual_contents = check_manual_dir(spec, manual_dir) if manual_dir else {}
   tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
   kwargs = {}
   if manual_dir:
+    # tfds extracts manual files to <download_dir>/extracted/GZIP.<file name>
+    # and reuses what it finds there. MNIST and Fashion-MNIST share the file
+    # names, so with tfds's one download_dir per data_dir the second dataset
+    # prepared would be built from the first one's images: each dataset gets
+    # its own.
+    root = data_dir or tfds.core.constants.DATA_DIR
     kwargs['download_and_prepare_kwargs'] = {
-        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)
+        'download_dir': os.path.join(root, 'downloads', spec.tfds_name),
+        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir),
     }
   tfds.disable_progress_bar()
   try:
@@ -211,7 +221,35 @@ def load_split(dataset: str,
   if images.shape[1:] != spec.image_shape:
     raise DataError(f'{dataset}/{split}: images have shape {images.shape[1:]}, '
                     f'expected {spec.image_shape}.')
+  if manual_contents:
+    _check_prepared_images(spec, split, images, manual_contents, data_dir,
+                           manual_dir)
   return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
+
+
+def _check_prepared_images(spec: DatasetSpec, split: str, images: np.ndarray,
+                           manual_contents: Dict[str, bytes],
+                           data_dir: Optional[str], manual_dir: str) -> None:
+  """Every image tfds returned must be one of the split's raw IDX images.
+
+  A directory prepared from other files (Fashion-MNIST's under mnist/, as
+  tfds's shared extraction directory once produced) would otherwise be
+  trained and evaluated on silently.
+  """
+  prefix = {'train': 'train', 'test': 't10k'}[split]
+  raw = manual_contents[f'{prefix}-images-idx3-ubyte.gz'][16:]  # past header
+  size = int(np.prod(spec.image_shape))
+  known = {raw[i:i + size] for i in range(0, len(raw), size)}
+  strangers = sum(image.tobytes() not in known for image in images)
+  if strangers:
+    where = os.path.join(data_dir or tfds.core.constants.DATA_DIR,
+                         spec.tfds_name)
+    raise DataError(
+        f'{strangers} of {len(images)} {spec.name}/{split} examples prepared '
+        f'in {where} are not in --manual_dir={manual_dir}: the directory was '
+        f'prepared from other files. Delete {where} (and any '
+        f'dpgan_eval/{spec.name}-feature-classifier file eval.py made from '
+        'it) and run again.')
 
 
 def split_size(dataset: str, split: str, data_dir: Optional[str] = None) -> int:

@@ -2,11 +2,13 @@
 
 import gzip
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from conftest import FASHION_MNIST_DIR, MNIST_DIR
 from dpgan_tf import data
@@ -80,3 +82,32 @@ def test_a_well_formed_file_with_other_content_is_refused(tmp_path):
   with pytest.raises(data.DataError, match='train-labels-idx1-ubyte.gz is not '
                      'the mnist file .*its content MD5 is'):
     data.check_manual_dir(data.DATASETS['mnist'], str(tmp_path))
+
+
+def test_mnist_prepared_beside_fashion_mnist_is_mnist(tmp_path):
+  """MNIST and Fashion-MNIST share IDX file names; tfds's one extraction
+  directory per data_dir once made the second dataset prepared there a copy
+  of the first. Such a directory is refused, and load_split's own
+  preparation keeps the datasets apart."""
+  def prepare_as_tfds_alone(name, manual_dir):
+    tfds.load(name, split='test[:1]', data_dir=str(tmp_path),
+              download_and_prepare_kwargs={
+                  'download_config': tfds.download.DownloadConfig(
+                      manual_dir=manual_dir)})
+
+  prepare_as_tfds_alone('fashion_mnist', FASHION_MNIST_DIR)
+  prepare_as_tfds_alone('mnist', MNIST_DIR)  # Built from Fashion-MNIST.
+  with pytest.raises(data.DataError, match=re.escape(
+      f'are not in --manual_dir={MNIST_DIR}: the directory was prepared from '
+      f'other files. Delete {tmp_path / "mnist"} (and any '
+      'dpgan_eval/mnist-feature-classifier file')):
+    data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR, max_examples=50)
+
+  shutil.rmtree(tmp_path / 'mnist')
+  mnist = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR)
+  with gzip.open(os.path.join(MNIST_DIR, 't10k-labels-idx1-ubyte.gz')) as f:
+    raw_labels = np.frombuffer(f.read()[8:], np.uint8)
+  np.testing.assert_array_equal(np.bincount(mnist.labels, minlength=10),
+                                np.bincount(raw_labels, minlength=10))
+  # The same Fashion-MNIST files are still in tfds's extraction directory.
+  assert os.listdir(tmp_path / 'downloads' / 'extracted')
