@@ -52,21 +52,32 @@ def _export_tensors(export_dir):
           if isinstance(t, np.ndarray) and t.dtype.kind == 'f'}
 
 
-def _run_and_kill_at(args, step, delay):
-  """Starts training, SIGKILLs it `delay` s after it logs generator `step`.
+def _run_and_kill_at(args, kill_at, delay):
+  """Starts training, SIGKILLs it after the first generator step it logs for
+  which kill_at(step, steps logged by this attempt) holds, `delay` times the
+  time its last step took later.
 
   Returns whether it was killed (False if it finished first). Killing on a
-  logged step, not after a fixed time, puts the kill at the same point of
-  training on any machine; the random delay moves it across the step, the
-  checkpoint write and the export.
+  logged step, with a delay in steps, not seconds, puts the kill at the same
+  point of training on any machine (the tiny run's steps take milliseconds
+  on a fast one), and counting the attempt's own steps kills each attempt
+  however far the one before got; the random delay moves the kill across
+  the step, the checkpoint write and the export.
   """
   proc = subprocess.Popen([sys.executable, 'train.py', *_TINY_FLAGS, *args],
                           cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
+  logged, last = 0, time.monotonic()
   for line in proc.stderr:
-    if f' step {step}/' in line:
-      time.sleep(delay)
+    match = re.search(r' step (\d+)/', line)
+    if not match:
+      continue
+    logged += 1
+    now, step_time = time.monotonic(), time.monotonic() - last
+    last = now
+    if logged > 1 and kill_at(int(match.group(1)), logged):
+      time.sleep(delay * step_time)
       proc.kill()  # SIGKILL: no cleanup runs
       proc.wait()
       return True
@@ -87,10 +98,13 @@ def test_kill_9_at_random_points_then_rerun_equals_uninterrupted(
 
   straight = _train_cli(*flags('straight'), check=True)
   rng = random.Random(20261130)
-  # Increasing kill points, each after the last checkpoint of the previous
-  # attempt; the last one lands at the end of training, around the export.
-  kills = [_run_and_kill_at(flags('killed'), step, rng.uniform(0, 0.5))
-           for step in (rng.randint(2, 5), rng.randint(7, 11), 16)]
+  # Two attempts killed a few steps after they start (from the last
+  # checkpoint of the one before), then one at the end of training, around
+  # the export.
+  kill_points = [lambda _, logged, n=rng.randint(2, 4): logged == n
+                 for _ in range(2)] + [lambda step, _: step == 16]
+  kills = [_run_and_kill_at(flags('killed'), kill_at, rng.uniform(0, 2))
+           for kill_at in kill_points]
   assert sum(kills) >= 2
   resumed = _train_cli(*flags('killed'), check=True)
   final_line = [l for l in resumed.stdout.splitlines()
