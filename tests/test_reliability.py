@@ -74,8 +74,8 @@ def _run_and_kill_at(args, kill_at, delay):
     if not match:
       continue
     logged += 1
-    now, step_time = time.monotonic(), time.monotonic() - last
-    last = now
+    now = time.monotonic()
+    step_time, last = now - last, now
     if logged > 1 and kill_at(int(match.group(1)), logged):
       time.sleep(delay * step_time)
       proc.kill()  # SIGKILL: no cleanup runs
