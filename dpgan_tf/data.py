@@ -181,6 +181,7 @@ def load_split(dataset: str,
   spec = get_spec(dataset)
   manual_contents = check_manual_dir(spec, manual_dir) if manual_dir else {}
   tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
+  root = data_dir or tfds.core.constants.DATA_DIR
   kwargs = {}
   if manual_dir:
     # tfds extracts manual files to <download_dir>/extracted/GZIP.<file name>
@@ -188,7 +189,6 @@ def load_split(dataset: str,
     # names, so with tfds's one download_dir per data_dir the second dataset
     # prepared would be built from the first one's images: each dataset gets
     # its own.
-    root = data_dir or tfds.core.constants.DATA_DIR
     kwargs['download_and_prepare_kwargs'] = {
         'download_dir': os.path.join(root, 'downloads', spec.tfds_name),
         'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir),
@@ -222,14 +222,14 @@ def load_split(dataset: str,
     raise DataError(f'{dataset}/{split}: images have shape {images.shape[1:]}, '
                     f'expected {spec.image_shape}.')
   if manual_contents:
-    _check_prepared_images(spec, split, images, manual_contents, data_dir,
-                           manual_dir)
+    _check_prepared_images(spec, split, images, manual_contents,
+                           os.path.join(root, spec.tfds_name), manual_dir)
   return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
 
 
 def _check_prepared_images(spec: DatasetSpec, split: str, images: np.ndarray,
                            manual_contents: Dict[str, bytes],
-                           data_dir: Optional[str], manual_dir: str) -> None:
+                           prepared_dir: str, manual_dir: str) -> None:
   """Every image tfds returned must be one of the split's raw IDX images.
 
   A directory prepared from other files (Fashion-MNIST's under mnist/, as
@@ -242,14 +242,12 @@ def _check_prepared_images(spec: DatasetSpec, split: str, images: np.ndarray,
   known = {raw[i:i + size] for i in range(0, len(raw), size)}
   strangers = sum(image.tobytes() not in known for image in images)
   if strangers:
-    where = os.path.join(data_dir or tfds.core.constants.DATA_DIR,
-                         spec.tfds_name)
     raise DataError(
         f'{strangers} of {len(images)} {spec.name}/{split} examples prepared '
-        f'in {where} are not in --manual_dir={manual_dir}: the directory was '
-        f'prepared from other files. Delete {where} (and any '
-        f'dpgan_eval/{spec.name}-feature-classifier file eval.py made from '
-        'it) and run again.')
+        f'in {prepared_dir} are not in --manual_dir={manual_dir}: the '
+        f'directory was prepared from other files. Delete {prepared_dir} '
+        f'(and any dpgan_eval/{spec.name}-feature-classifier file eval.py '
+        'made from it) and run again.')
 
 
 def split_size(dataset: str, split: str, data_dir: Optional[str] = None) -> int:
