@@ -30,8 +30,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-# Before TensorFlow: the package sets TF's oneDNN option (see its docstring).
-import dpgan_tf  # pylint: disable=g-import-not-at-top,unused-import
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from dpgan_tf import dp_gradients  # pylint: disable=g-import-not-at-top

@@ -44,7 +44,9 @@ constant: dividing by the realised Poisson batch size would make the
 normaliser data-dependent. The vectorized engine pads each batch to whole
 chunks of fixed size (so the traced graph has fixed shapes and bounded
 memory); padded rows are masked out of the sum and never counted. The ghost
-engine needs no padding: its shapes follow the batch.
+engine's shapes follow the batch; it pads only an empty batch, to one masked
+microbatch, since oneDNN's convolutions fail on an empty batch (see
+pad_to_multiple). The jacobian engine skips an empty batch by `tf.cond`.
 """
 
 import contextlib
@@ -75,16 +77,21 @@ def _group(records, microbatch_size: int):
                                          tf.shape(t)[1:]], 0)), records)
 
 
-def _pad_to_multiple(records, multiple: int):
-  """Zero-pads the leading dim up to a multiple; returns (padded, mask)."""
+def pad_to_multiple(records, multiple: int):
+  """Zero-pads the leading dim up to a multiple; returns (padded, mask).
+
+  An empty batch gets one multiple of padding rows: TensorFlow's oneDNN
+  convolutions (on by default on CPUs with AVX-512 VNNI/BF16) fail on an
+  empty batch, which Poisson sampling and a replica's slice of a small batch
+  both produce. Padded rows have mask 0.
+  """
   n = _batch_size(records)
-  padded_n = (n + multiple - 1) // multiple * multiple
+  padded_n = tf.maximum((n + multiple - 1) // multiple, 1) * multiple
   padding = padded_n - n
 
   def pad(t):
-    paddings = tf.concat([[[0, padding]],
-                          tf.zeros([tf.rank(t) - 1, 2], tf.int32)], 0)
-    return tf.pad(t, paddings)
+    # Static rank: the other dims keep their static sizes.
+    return tf.pad(t, [[0, padding]] + [[0, 0]] * (t.shape.rank - 1))
 
   mask = tf.concat([tf.ones([n]), tf.zeros([padding])], 0)
   return tf.nest.map_structure(pad, records), mask
@@ -147,7 +154,7 @@ def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
   clip = _clip_norm(optimizer)
   grouped = _group(records, microbatch_size)
   num_microbatches = _batch_size(grouped)
-  padded, mask = _pad_to_multiple(grouped, chunk_size)
+  padded, mask = pad_to_multiple(grouped, chunk_size)
   num_chunks = _batch_size(padded) // chunk_size
   chunked = tf.nest.map_structure(
       lambda t: tf.reshape(t, tf.concat([[num_chunks, chunk_size],
@@ -350,6 +357,9 @@ def clipped_sum_ghost(optimizer, loss_fn: LossFn, layers, variables, records,
   Returns:
     (list of summed clipped gradients, per-microbatch norms [B/k]).
   """
+  num_microbatches = _batch_size(records) // microbatch_size
+  # Padded microbatches (an empty batch gets one) get weight 0.
+  records, mask = pad_to_multiple(records, microbatch_size)
   with tf.GradientTape() as tape, _recording_calls(layers, tape) as calls:
     total_loss = tf.reduce_sum(loss_fn(records))
   outputs = [out for record in calls for _, out in record]
@@ -379,11 +389,13 @@ def clipped_sum_ghost(optimizer, loss_fn: LossFn, layers, variables, records,
       weighted_sums.append(
           (layer.bias, lambda w, g=bias_grads: tf.tensordot(w, g, 1)))
   norms = tf.sqrt(tf.add_n(squares))
-  weights = _clip_weights(norms, _clip_norm(optimizer))
+  weights = mask[::microbatch_size] * _clip_weights(norms,
+                                                    _clip_norm(optimizer))
 
   sums = {v.ref(): tf.reshape(weighted_sum(weights), v.shape)
           for v, weighted_sum in weighted_sums}
-  return [sums.get(v.ref(), tf.zeros_like(v)) for v in variables], norms
+  return ([sums.get(v.ref(), tf.zeros_like(v)) for v in variables],
+          norms[:num_microbatches])
 
 
 def _choose_engine(engine: str, critic: keras.Model,

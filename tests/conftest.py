@@ -4,8 +4,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-# Before TensorFlow: the package sets TF's oneDNN option (see its docstring).
-import dpgan_tf  # pylint: disable=g-import-not-at-top,unused-import
 import pytest  # pylint: disable=g-import-not-at-top
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'

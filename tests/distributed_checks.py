@@ -6,7 +6,8 @@ The same models, from the same weights and seed, are fitted through Keras on
 the same global batches: without noise on one device and on two replicas,
 then with noise on two replicas. Batch sizes are odd, one is smaller than the
 replica count (a replica gets no example) and the last is empty, so the last
-critic gradient is the noise alone.
+critic gradient is the noise alone. The non-private diagnostics are on, so
+the critic also scores each replica's (possibly empty) real batch.
 
 Both optimizers are Adam with epsilon = 1, so that an update is a smooth
 function of the gradient (with the usual 1e-7, a gradient near zero turns a
@@ -68,7 +69,7 @@ def fit(strategy, engine, noise_multiplier, weights):
         generator, critic, ledger, num_classes=NUM_CLASSES,
         latent_dim=LATENT_DIM, loss='wasserstein', critic_weight_clip=0.05,
         grad_engine=engine, expected_batch_size=EXPECTED_BATCH, seed=7,
-        chunk_size=4)
+        chunk_size=4, nonprivate_diagnostics=True)
     model.compile(
         d_optimizer=privacy.make_dp_critic_optimizer(
             CLIP, noise_multiplier, None, model.noise_seed,

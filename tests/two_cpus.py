@@ -12,6 +12,10 @@ import runpy
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow's default on CPUs with AVX-512 VNNI/BF16, forced here on any
+# x86 host: its convolutions fail on an empty batch, and the replicas' slices
+# in these runs are empty at times (dpgan_tf must guard them).
+os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
