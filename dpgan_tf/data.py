@@ -15,7 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +36,12 @@ class DatasetSpec:
   # only the content tells one from the other.
   manual_files: Optional[Tuple[str, ...]] = None
   manual_md5: Optional[Tuple[str, ...]] = None
+  # MD5 of the first image of 'train' and of 'test' in tfds's (deterministic)
+  # order. A prepared directory built from another dataset's files is then
+  # caught whatever the source: MNIST and Fashion-MNIST share file names, and
+  # tfds's one extraction directory per data_dir once built the second of
+  # them prepared offline from the first one's files.
+  first_image_md5: Optional[Tuple[str, str]] = None
 
 
 _IDX_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
@@ -47,13 +53,17 @@ DATASETS = {
         _IDX_FILES, ('6bbc9ace898e44ae57da46a324031adb',
                      'a25bea736e30d166cdddb491f175f624',
                      '2646ac647ad5339dbf082846283269ea',
-                     '27ae3e4e09519cfbb04c329615203637')),
+                     '27ae3e4e09519cfbb04c329615203637'),
+        ('23c7b5901e13799fff07c6b83a99a650',
+         '48b8e25e9eb9fd6551102336352bc5b0')),
     'fashion_mnist': DatasetSpec(
         'fashion_mnist', 'fashion_mnist', (28, 28, 1), 10,
         ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
          'Shirt', 'Sneaker', 'Bag', 'Ankle boot'), _IDX_FILES,
         ('f4a8712d7a061bf5bd6d2ca38dc4d50a', '9018921c3c673c538a1fc5bad174d6f9',
-         '8181f5470baa50b63fa0f6fddb340f0a', '15d484375f8d13e6eb1aabb0c3f46965')),
+         '8181f5470baa50b63fa0f6fddb340f0a', '15d484375f8d13e6eb1aabb0c3f46965'),
+        ('444a67caf9835200591492a238bc23bd',
+         'e0e231b017472f2adf2dccbf62c3b363')),
     'cifar10': DatasetSpec(
         'cifar10', 'cifar10', (32, 32, 3), 10,
         ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
@@ -89,9 +99,8 @@ def get_spec(dataset: str) -> DatasetSpec:
   return DATASETS[dataset]
 
 
-def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> Dict[str, bytes]:
-  """Fails with a message naming the file when the raw files are unusable;
-  returns each file's uncompressed content by name.
+def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> None:
+  """Fails with a message naming the file when the raw files are unusable.
 
   tfds would otherwise fail deep inside preparation (or, worse, succeed on a
   truncated file and silently train on fewer examples).
@@ -99,16 +108,13 @@ def check_manual_dir(spec: DatasetSpec, manual_dir: str) -> Dict[str, bytes]:
   if not os.path.isdir(manual_dir):
     raise DataError(f'--manual_dir={manual_dir} is not a directory.')
   if spec.manual_files is None:
-    return {}
-  contents = {}
+    return
   for name, md5 in zip(spec.manual_files, spec.manual_md5):
     path = os.path.join(manual_dir, name)
     if not os.path.isfile(path):
       raise DataError(f'--manual_dir: {path} is missing (expected the four '
                       f'IDX files {", ".join(spec.manual_files)}).')
-    contents[name] = _check_idx_file(path)
-    _check_content(spec, name, path, md5, contents[name])
-  return contents
+    _check_content(spec, name, path, md5, _check_idx_file(path))
 
 
 def _check_content(spec: DatasetSpec, name: str, path: str, md5: str,
@@ -179,7 +185,8 @@ def load_split(dataset: str,
     LabeledImages with uint8 images and int32 labels.
   """
   spec = get_spec(dataset)
-  manual_contents = check_manual_dir(spec, manual_dir) if manual_dir else {}
+  if manual_dir:
+    check_manual_dir(spec, manual_dir)
   tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
   root = data_dir or tfds.core.constants.DATA_DIR
   kwargs = {}
@@ -221,33 +228,30 @@ def load_split(dataset: str,
   if images.shape[1:] != spec.image_shape:
     raise DataError(f'{dataset}/{split}: images have shape {images.shape[1:]}, '
                     f'expected {spec.image_shape}.')
-  if manual_contents:
-    _check_prepared_images(spec, split, images, manual_contents,
-                           os.path.join(root, spec.tfds_name), manual_dir)
+  _check_first_image(spec, split, images[0],
+                     os.path.join(root, spec.tfds_name))
   return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
 
 
-def _check_prepared_images(spec: DatasetSpec, split: str, images: np.ndarray,
-                           manual_contents: Dict[str, bytes],
-                           prepared_dir: str, manual_dir: str) -> None:
-  """Every image tfds returned must be one of the split's raw IDX images.
-
-  A directory prepared from other files (Fashion-MNIST's under mnist/, as
-  tfds's shared extraction directory once produced) would otherwise be
-  trained and evaluated on silently.
-  """
-  prefix = {'train': 'train', 'test': 't10k'}[split]
-  raw = manual_contents[f'{prefix}-images-idx3-ubyte.gz'][16:]  # past header
-  size = int(np.prod(spec.image_shape))
-  known = {raw[i:i + size] for i in range(0, len(raw), size)}
-  strangers = sum(image.tobytes() not in known for image in images)
-  if strangers:
-    raise DataError(
-        f'{strangers} of {len(images)} {spec.name}/{split} examples prepared '
-        f'in {prepared_dir} are not in --manual_dir={manual_dir}: the '
-        f'directory was prepared from other files. Delete {prepared_dir} '
-        f'(and any dpgan_eval/{spec.name}-feature-classifier file eval.py '
-        'made from it) and run again.')
+def _check_first_image(spec: DatasetSpec, split: str, image: np.ndarray,
+                       prepared_dir: str) -> None:
+  """The split's first image must be the dataset's (see first_image_md5);
+  every load_split slice starts there."""
+  if spec.first_image_md5 is None:
+    return
+  expected = spec.first_image_md5[('train', 'test').index(split)]
+  digest = hashlib.md5(image.tobytes()).hexdigest()
+  if digest == expected:
+    return
+  other = [s.name for s in DATASETS.values()
+           if s.first_image_md5 and digest in s.first_image_md5]
+  what = (f'it is {other[0]}\'s' if other else
+          f'its MD5 is {digest}, the official one\'s is {expected}')
+  raise DataError(
+      f'the first {spec.name}/{split} example prepared in {prepared_dir} is '
+      f'not {spec.name}\'s ({what}): the directory was prepared from other '
+      f'files. Delete {prepared_dir} (and any dpgan_eval/{spec.name}-feature-'
+      'classifier file eval.py made from it) and run again.')
 
 
 def split_size(dataset: str, split: str, data_dir: Optional[str] = None) -> int:

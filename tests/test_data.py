@@ -97,11 +97,15 @@ def test_mnist_prepared_beside_fashion_mnist_is_mnist(tmp_path):
 
   prepare_as_tfds_alone('fashion_mnist', FASHION_MNIST_DIR)
   prepare_as_tfds_alone('mnist', MNIST_DIR)  # Built from Fashion-MNIST.
-  with pytest.raises(data.DataError, match=re.escape(
-      f'are not in --manual_dir={MNIST_DIR}: the directory was prepared from '
-      f'other files. Delete {tmp_path / "mnist"} (and any '
-      'dpgan_eval/mnist-feature-classifier file')):
-    data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR, max_examples=50)
+  for split in ('test', 'train'):
+    for manual_dir in (MNIST_DIR, None):  # Raw files at hand or not.
+      with pytest.raises(data.DataError, match=re.escape(
+          f'the first mnist/{split} example prepared in {tmp_path / "mnist"} '
+          "is not mnist's (it is fashion_mnist's): the directory was prepared "
+          f'from other files. Delete {tmp_path / "mnist"} (and any '
+          'dpgan_eval/mnist-feature-classifier file')):
+        data.load_split('mnist', split, str(tmp_path), manual_dir,
+                        max_examples=50)
 
   shutil.rmtree(tmp_path / 'mnist')
   mnist = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR)
