@@ -39,12 +39,20 @@ class GeneratorServingModule(tf.Module):
     self.generator = generator
     self.latent_dim = latent_dim
     self.metadata = tf.saved_model.Asset(metadata_path)
-    self.serve = tf.function(self._serve, input_signature=[
+    # Without autograph: it converts a function from its source file, read
+    # when tracing, by line number. train.py traces these at the end of a
+    # run, possibly hours after importing dpgan_tf; had the package been
+    # edited or upgraded meanwhile, the export would compute whatever now
+    # sits at those lines. Nothing here needs autograph (no Python control
+    # flow on tensors).
+    self.serve = tf.function(self._serve, autograph=False, input_signature=[
         tf.TensorSpec([None, latent_dim], tf.float32, name='noise'),
         tf.TensorSpec([None], tf.int32, name='labels')])
-    self.generate = tf.function(self._generate, input_signature=[
-        tf.TensorSpec([None], tf.int32, name='labels'),
-        tf.TensorSpec([], tf.int64, name='seed')])
+    self.generate = tf.function(self._generate, autograph=False,
+                                input_signature=[
+                                    tf.TensorSpec([None], tf.int32,
+                                                  name='labels'),
+                                    tf.TensorSpec([], tf.int64, name='seed')])
 
   def _serve(self, noise, labels):
     """noise [N, latent_dim], labels [N] -> images [N, H, W, C] in [0, 1]."""

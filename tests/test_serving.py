@@ -10,6 +10,7 @@ checked for anything but the generator.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -196,3 +197,46 @@ def test_export_embeds_no_data(version_dir):
       tensor = node.attr['value'].tensor
       assert tensor.dtype != tf.uint8.as_datatype_enum, node.name
       assert len(tensor.tensor_content) <= 4096, node.name
+
+
+# Run in a fresh process, on a copy of the package that it edits after import.
+_EXPORT_AFTER_EDIT = '''
+import pathlib
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from dpgan_tf import data
+from dpgan_tf import export
+from dpgan_tf import networks
+
+tf.keras.utils.set_random_seed(0)
+generator = networks.build_generator((28, 28, 1), 10, 8, width=8)
+# The edit: to_unit_range's first line now starts to_model_range.
+source = pathlib.Path(data.__file__)
+shift = (data.to_unit_range.__code__.co_firstlineno -
+         data.to_model_range.__code__.co_firstlineno)
+source.write_text('#\\n' * shift + source.read_text())
+path = export.export_generator(generator, sys.argv[1], 8, {})
+noise, labels = tf.random.normal([4, 8]), tf.range(4)
+served = tf.saved_model.load(path).signatures['serving_default'](
+    noise=noise, labels=labels)['images']
+np.testing.assert_allclose(
+    served, data.to_unit_range(generator([noise, labels])), atol=1e-6)
+'''
+
+
+def test_export_computes_the_code_the_run_imported(tmp_path):
+  """train.py exports at the end of a run, hours after it imported dpgan_tf;
+  editing or upgrading the package meanwhile must not change the export.
+  Autograph would re-read each function's source from disk by line number
+  when tracing: a 40-epoch run whose data.py was edited exported
+  to_model_range in place of to_unit_range (black images)."""
+  shutil.copytree(os.path.join(REPO_ROOT, 'dpgan_tf'), tmp_path / 'dpgan_tf')
+  script = tmp_path / 'export_after_edit.py'
+  script.write_text(_EXPORT_AFTER_EDIT)
+  result = subprocess.run([sys.executable, str(script),
+                           str(tmp_path / 'export')], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
