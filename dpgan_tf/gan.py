@@ -166,20 +166,24 @@ class ConditionalDPGAN(keras.Model):
     tf.distribute.get_replica_context().merge_call(
         lambda _: self.ledger.critic_steps.assign_add(1))
 
-    fake_scores = self._per_record(
-        lambda r: self.critic([r[1], r[2]], training=False), records)
+    # The metrics run the critic on at least one row and drop the padding:
+    # oneDNN's convolutions fail on an empty batch (a Poisson batch, or a
+    # replica's slice of a small one, can be empty).
+    n = tf.shape(records[2])[0]
+    padded, _ = dp_gradients.pad_to_multiple(records, 1)
+    real, fake, labels, _ = padded
+    fake_scores = self.critic([fake, labels], training=False)[:n]
     metrics = {
         'critic_loss_fake': self._global_mean(self._fake_terms(fake_scores))}
     if self.nonprivate_diagnostics:
-      real_scores = self._per_record(
-          lambda r: self.critic([r[0], r[2]], training=False), records)
+      real_scores = self.critic([real, labels], training=False)[:n]
       metrics.update({
           'nonprivate_critic_loss': self._global_mean(
-              self._per_record(self.record_losses, records)),
+              self.record_losses(padded)[:n]),
           'nonprivate_wasserstein_estimate': self._global_mean(
               real_scores - fake_scores),
           'nonprivate_batch_size': self._sum_over_replicas(
-              tf.cast(tf.shape(records[2])[0], tf.float32)),
+              tf.cast(n, tf.float32)),
       })
       if self.grad_engine != 'jacobian':
         clip = self.d_optimizer._dp_sum_query._l2_norm_clip  # pylint: disable=protected-access
@@ -187,14 +191,6 @@ class ConditionalDPGAN(keras.Model):
             tf.cast(norms > clip, tf.float32))
         metrics['nonprivate_mean_grad_norm'] = self._global_mean(norms)
     return metrics
-
-  @staticmethod
-  def _per_record(values_fn, records):
-    """values_fn(records), one value per record, computed on at least one
-    row: oneDNN's convolutions fail on an empty batch (a Poisson batch, or a
-    replica's slice of a small one, can be empty). Padded rows are dropped."""
-    padded, _ = dp_gradients.pad_to_multiple(records, 1)
-    return values_fn(padded)[:tf.shape(records[2])[0]]
 
   def _clip_critic_weights(self):
     c = self.critic_weight_clip
