@@ -22,6 +22,7 @@ from dpgan_tf import callbacks
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
+from dpgan_tf import gan
 from dpgan_tf import losses
 from dpgan_tf import privacy
 from dpgan_tf import training
@@ -69,6 +70,14 @@ flags.DEFINE_integer('n_generator', _DEFAULTS.n_generator,
                      'updates. They read no real data: no privacy cost, '
                      'only compute.')
 flags.DEFINE_enum('loss', _DEFAULTS.loss, losses.CRITIC_LOSSES, 'Critic loss.')
+flags.DEFINE_enum('fake_gradient', _DEFAULTS.fake_gradient,
+                  gan.FAKE_GRADIENTS, 'The critic loss\'s term on fakes: '
+                  '"paired", each fake in one clipped, noised record with a '
+                  'real example of its class (DPGAN); or "public", fakes of '
+                  'uniformly drawn classes apart, clipped at the same '
+                  '--l2_norm_clip but not noised (they read no private data: '
+                  'same guarantee, and the real term gets the whole clip '
+                  'norm). Not with --loss=wgan_gp.')
 flags.DEFINE_float('gp_weight', _DEFAULTS.gp_weight, 'wgan_gp penalty weight.')
 flags.DEFINE_float('critic_weight_clip', _DEFAULTS.critic_weight_clip,
                    'Clip critic weights to [-c, c] (wasserstein).')

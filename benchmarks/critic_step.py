@@ -42,7 +42,7 @@ NUM_CLASSES = 10
 
 
 def _records(image_shape, batch_size):
-  """Random (real, fake, labels, interpolation), like critic_records'."""
+  """Random (real, fake, labels, interpolation): paired critic records."""
   shape = [batch_size, *image_shape]
   return (tf.random.uniform(shape, -1.0, 1.0),
           tf.random.uniform(shape, -1.0, 1.0),

@@ -9,6 +9,7 @@ from typing import Optional
 
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
+from dpgan_tf import gan
 from dpgan_tf import losses
 from dpgan_tf import privacy
 
@@ -41,6 +42,9 @@ class TrainConfig:
   # generator progress at no privacy cost (compute only).
   n_generator: int = 1
   loss: str = 'hinge'
+  # How the critic loss's term on fakes is taken (gan.py): 'paired' with a
+  # real example in one private record, or 'public', apart and unnoised.
+  fake_gradient: str = 'paired'
   gp_weight: float = 10.0
   critic_weight_clip: float = 0.0
   latent_dim: int = 64
@@ -117,6 +121,16 @@ def validate(c: TrainConfig) -> None:
   if c.loss == 'wasserstein':
     _require(c.critic_weight_clip > 0, '--loss=wasserstein needs '
              '--critic_weight_clip > 0 (the WGAN Lipschitz constraint).')
+  _require(c.fake_gradient in gan.FAKE_GRADIENTS,
+           f'--fake_gradient={c.fake_gradient!r}: choose one of '
+           f'{gan.FAKE_GRADIENTS}.')
+  if c.fake_gradient == 'public':
+    _require(c.loss != 'wgan_gp', '--fake_gradient=public does not work with '
+             '--loss=wgan_gp: the gradient penalty is taken between a real '
+             'example and its paired fake.')
+    _require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
+             '--grad_engine=ghost or vectorized (the jacobian path clips '
+             'inside the DP optimizer, which would noise the fakes too).')
   _require(c.critic_weight_clip >= 0,
            f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
   _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')

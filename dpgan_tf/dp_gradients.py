@@ -449,6 +449,35 @@ def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
     noise_alone = lambda: _noised_mean(
         optimizer, [tf.zeros_like(v) for v in variables], expected)
     return tf.cond(used > 0, jacobian_gradients, noise_alone), tf.zeros([0])
+  sums, norms = _global_clipped_sums(engine, layers, optimizer, loss_fn,
+                                     variables, records, microbatch_size,
+                                     chunk_size)
+  # Each replica clipped its own examples; noise is added once, to the
+  # global sum (every replica draws the same noise from the same seed).
+  return _noised_mean(optimizer, sums, expected), norms
+
+
+def clipped_mean(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
+                 records, microbatch_size: int, expected_microbatches: float,
+                 chunk_size: int = 128):
+  """Like dp_gradients without the noise: for records that read no private
+  data (the public fakes of gan.py). They need neither clipping nor noise
+  for privacy; clipping them at the same C keeps their half of the critic's
+  gradient on the scale of the private half. Returns (mean, norms)."""
+  if engine not in ('ghost', 'vectorized'):
+    raise ValueError(f'--grad_engine={engine!r}: public records are clipped '
+                     'by the ghost or vectorized engine only.')
+  engine, layers = _choose_engine(engine, critic, False)
+  sums, norms = _global_clipped_sums(engine, layers, optimizer, loss_fn,
+                                     critic.trainable_variables, records,
+                                     microbatch_size, chunk_size)
+  expected = tf.cast(expected_microbatches, tf.float32)
+  return [g / expected for g in sums], norms
+
+
+def _global_clipped_sums(engine, layers, optimizer, loss_fn, variables,
+                         records, microbatch_size, chunk_size):
+  """Clipped sums over every replica's records, and this replica's norms."""
   if engine == 'ghost':
     sums, norms = clipped_sum_ghost(optimizer, loss_fn, layers, variables,
                                     records, microbatch_size)
@@ -457,10 +486,8 @@ def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
                                          records, microbatch_size, chunk_size)
   ctx = tf.distribute.get_replica_context()
   if ctx is not None and ctx.num_replicas_in_sync > 1:
-    # Each replica clipped its own examples; noise is added once, to the
-    # global sum (every replica draws the same noise from the same seed).
     sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-  return _noised_mean(optimizer, sums, expected), norms
+  return sums, norms
 
 
 def _noised_mean(optimizer, sums, expected: tf.Tensor):

@@ -7,6 +7,18 @@ step of the subsampled Gaussian mechanism and is counted in the ledger in the
 same graph that applies it, so the count can never drift from the updates
 actually made.
 
+The critic loss has a term on real examples and a term on fakes. With
+`fake_gradient='paired'` (DPGAN's way) each real example is paired with a
+fake of its class and the pair is one clipped, noised record. With
+`'public'` the fakes are drawn apart: a fixed number (the expected batch
+size), of uniformly drawn classes, from the current generator. Nothing about
+them depends on private data beyond what earlier noised updates released, so
+their gradient is post-processing: it is clipped per fake at the same C (to
+keep the two halves on one scale) but not noised, and added to the noised
+mean of the real examples' clipped gradients. The privacy analysis is
+unchanged (one real example still moves the clipped sum by at most C), and
+the real term gets the whole clip norm instead of sharing it with its fake.
+
 All randomness is stateless and keyed by (seed, stream, step counter): a run
 resumed from a checkpoint continues with exactly the noise an uninterrupted
 run would have drawn, and no noise is ever reused.
@@ -41,7 +53,10 @@ from dpgan_tf import losses
 keras = tf.keras
 
 # RNG streams, folded into the run seed.
-_FAKE_NOISE, _INTERPOLATION, _DP_NOISE, _GEN_NOISE, _GEN_LABELS = range(5)
+(_FAKE_NOISE, _INTERPOLATION, _DP_NOISE, _GEN_NOISE, _GEN_LABELS,
+ _FAKE_LABELS) = range(6)
+
+FAKE_GRADIENTS = ('paired', 'public')
 
 
 class ConditionalDPGAN(keras.Model):
@@ -52,7 +67,8 @@ class ConditionalDPGAN(keras.Model):
                critic_weight_clip=0.0, grad_engine='ghost',
                microbatch_size=1, expected_batch_size=64, seed=0,
                chunk_size=128, nonprivate_diagnostics=False,
-               ema_generator=None, ema_decay=0.0, **kwargs):
+               ema_generator=None, ema_decay=0.0, fake_gradient='paired',
+               **kwargs):
     super().__init__(**kwargs)
     # Every replica returns the global metrics (see module doc); Keras's
     # default would sum them over replicas.
@@ -74,6 +90,10 @@ class ConditionalDPGAN(keras.Model):
     self.nonprivate_diagnostics = nonprivate_diagnostics
     self.ema_generator = ema_generator
     self.ema_decay = ema_decay
+    if fake_gradient not in FAKE_GRADIENTS:
+      raise ValueError(f'--fake_gradient={fake_gradient!r}: choose one of '
+                       f'{FAKE_GRADIENTS}.')
+    self.fake_gradient = fake_gradient
     # Counters are written identically by every replica.
     same = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self.seed = tf.Variable(seed, dtype=tf.int64, trainable=False)
@@ -130,22 +150,43 @@ class ConditionalDPGAN(keras.Model):
     return tf.reduce_sum(sizes[:replica_id]), tf.reduce_sum(sizes)
 
   def critic_records(self, images, labels, critic_step):
-    """Real examples paired with fakes of their class: one record each."""
-    real = data_lib.to_model_range(images)
+    """The private records: each real example, with (paired) a fake of its
+    class and the gradient penalty's interpolation point."""
+    records = {'real': data_lib.to_model_range(images), 'labels': labels}
+    if self.fake_gradient == 'public':
+      return records
     n = tf.shape(labels)[0]
     offset, total = self._global_rows(n)
     rows = lambda t: t[offset:offset + n]
     noise = rows(tf.random.stateless_normal(
         [total, self.latent_dim], self._key(_FAKE_NOISE, critic_step)))
-    fake = tf.stop_gradient(self.generator([noise, labels], training=True))
-    interpolation = rows(tf.random.stateless_uniform(
+    records['fake'] = tf.stop_gradient(
+        self.generator([noise, labels], training=True))
+    records['interpolation'] = rows(tf.random.stateless_uniform(
         [total], self._key(_INTERPOLATION, critic_step)))
-    return real, fake, labels, interpolation
+    return records
 
   def record_losses(self, records):
-    real, fake, labels, interpolation = records
-    return losses.critic_losses(self.loss_type, self.critic, real, fake,
-                                labels, interpolation, self.gp_weight)
+    if self.fake_gradient == 'public':
+      return losses.real_terms(
+          self.loss_type, self.critic([records['real'], records['labels']],
+                                      training=True))
+    return losses.critic_losses(
+        self.loss_type, self.critic, records['real'], records['fake'],
+        records['labels'], records['interpolation'], self.gp_weight)
+
+  def public_fakes(self, critic_step):
+    """This replica's share of the public fakes (see module doc)."""
+    fake_labels, noise, _ = self._generator_inputs(
+        _FAKE_LABELS, _FAKE_NOISE, critic_step)
+    fake = tf.stop_gradient(self.generator([noise, fake_labels],
+                                           training=True))
+    return {'fake': fake, 'labels': fake_labels}
+
+  def public_fake_losses(self, fakes):
+    return losses.fake_terms(
+        self.loss_type, self.critic([fakes['fake'], fakes['labels']],
+                                    training=True))
 
   def critic_step(self, images, labels):
     """One private critic update on one real batch; returns its metrics."""
@@ -158,6 +199,12 @@ class ConditionalDPGAN(keras.Model):
         records, self.microbatch_size,
         self.expected_batch_size / self.microbatch_size, self.chunk_size,
         loss_differentiates_inputs=self.loss_type == 'wgan_gp')
+    if self.fake_gradient == 'public':
+      fakes = self.public_fakes(step)
+      fake_grads, _ = dp_gradients.clipped_mean(
+          self.grad_engine, self.d_optimizer, self.public_fake_losses,
+          self.critic, fakes, 1, self.expected_batch_size, self.chunk_size)
+      grads = [g + f for g, f in zip(grads, fake_grads)]
     self.d_optimizer.apply_gradients(zip(grads, variables),
                                      experimental_aggregate_gradients=False)
     if self.critic_weight_clip > 0:
@@ -169,19 +216,27 @@ class ConditionalDPGAN(keras.Model):
     # The metrics run the critic on at least one row and drop the padding:
     # oneDNN's convolutions fail on an empty batch (a Poisson batch, or a
     # replica's slice of a small one, can be empty).
-    n = tf.shape(records[2])[0]
+    n = tf.shape(labels)[0]
     padded, _ = dp_gradients.pad_to_multiple(records, 1)
-    real, fake, labels, _ = padded
-    fake_scores = self.critic([fake, labels], training=False)[:n]
-    metrics = {
-        'critic_loss_fake': self._global_mean(self._fake_terms(fake_scores))}
+    if self.fake_gradient == 'public':
+      fake_scores = self.critic([fakes['fake'], fakes['labels']],
+                                training=False)
+    else:
+      fake_scores = self.critic([padded['fake'], padded['labels']],
+                                training=False)[:n]
+    fake_loss = self._global_mean(losses.fake_terms(self.loss_type,
+                                                    fake_scores))
+    metrics = {'critic_loss_fake': fake_loss}
     if self.nonprivate_diagnostics:
-      real_scores = self.critic([real, labels], training=False)[:n]
+      real_scores = self.critic([padded['real'], padded['labels']],
+                                training=False)[:n]
+      record_loss = self._global_mean(self.record_losses(padded)[:n])
       metrics.update({
-          'nonprivate_critic_loss': self._global_mean(
-              self.record_losses(padded)[:n]),
-          'nonprivate_wasserstein_estimate': self._global_mean(
-              real_scores - fake_scores),
+          # The records' loss, plus the public fakes' term if they are apart.
+          'nonprivate_critic_loss': record_loss + (
+              fake_loss if self.fake_gradient == 'public' else 0.0),
+          'nonprivate_wasserstein_estimate': (self._global_mean(real_scores) -
+                                              self._global_mean(fake_scores)),
           'nonprivate_batch_size': self._sum_over_replicas(
               tf.cast(n, tf.float32)),
       })
@@ -223,31 +278,33 @@ class ConditionalDPGAN(keras.Model):
 
     tf.distribute.get_replica_context().merge_call(update)
 
-  def _fake_terms(self, fake_scores):
-    """The critic loss's fake-data term per record: no real data involved."""
-    if self.loss_type == 'hinge':
-      return tf.nn.relu(1.0 + fake_scores)
-    return fake_scores
+  def _generator_inputs(self, label_stream, noise_stream, counter):
+    """This replica's slice of a global batch of (labels, noise) of the
+    expected batch size, drawn from public randomness only, and the slice's
+    fraction of the batch."""
+    replica_id, replicas = self._replica()
+    size = max(self.expected_batch_size, replicas)
+    labels = tf.random.stateless_uniform(
+        [size], self._key(label_stream, counter), 0, self.num_classes,
+        tf.int32)
+    noise = tf.random.stateless_normal(
+        [size, self.latent_dim], self._key(noise_stream, counter))
+    begin = replica_id * size // replicas
+    end = (replica_id + 1) * size // replicas
+    fraction = tf.cast(end - begin, tf.float32) / size
+    return labels[begin:end], noise[begin:end], fraction
 
   def generator_update(self, update):
     """Generator update number `update` of the run (from 0), on uniformly
     drawn classes (no real data)."""
-    replica_id, replicas = self._replica()
-    size = max(self.expected_batch_size, replicas)
-    labels = tf.random.stateless_uniform(
-        [size], self._key(_GEN_LABELS, update), 0, self.num_classes, tf.int32)
-    noise = tf.random.stateless_normal(
-        [size, self.latent_dim], self._key(_GEN_NOISE, update))
-    begin = replica_id * size // replicas
-    end = (replica_id + 1) * size // replicas
+    labels, noise, fraction = self._generator_inputs(_GEN_LABELS, _GEN_NOISE,
+                                                     update)
     with tf.GradientTape() as tape:
-      fake = self.generator([noise[begin:end], labels[begin:end]],
-                            training=True)
-      loss = losses.generator_loss(
-          self.critic([fake, labels[begin:end]], training=False))
+      fake = self.generator([noise, labels], training=True)
+      loss = losses.generator_loss(self.critic([fake, labels], training=False))
       # This replica's share of the global mean: the optimizer sums the
       # replicas' gradients.
-      share = loss * tf.cast(end - begin, tf.float32) / size
+      share = loss * fraction
     grads = tape.gradient(share, self.generator.trainable_variables)
     self.g_optimizer.apply_gradients(zip(grads,
                                          self.generator.trainable_variables))

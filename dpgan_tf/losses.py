@@ -1,15 +1,32 @@
 """Per-example critic losses and the generator loss.
 
 DP-SGD clips the gradient of each record, so the critic loss is a vector with
-one entry per record. A record is one real example paired with one fake of
-the same class, drawn from its own noise vector: the fake depends on nothing
-else in the batch (see networks.py), so adding or removing a real example
-adds or removes exactly one record.
+one entry per record. By default (`--fake_gradient=paired`) a record is one
+real example paired with one fake of the same class, drawn from its own noise
+vector: the fake depends on nothing else in the batch (see networks.py), so
+adding or removing a real example adds or removes exactly one record. With
+`--fake_gradient=public` the records hold the real term alone and the fake
+term is taken on fakes that read no real data (see gan.py); `real_terms` and
+`fake_terms` are the two halves either way.
 """
 
 import tensorflow as tf
 
 CRITIC_LOSSES = ('wasserstein', 'hinge', 'wgan_gp')
+
+
+def real_terms(loss: str, real_scores: tf.Tensor) -> tf.Tensor:
+  """The critic loss's term on real examples, per example (no penalty)."""
+  if loss == 'hinge':
+    return tf.nn.relu(1.0 - real_scores)
+  return -real_scores
+
+
+def fake_terms(loss: str, fake_scores: tf.Tensor) -> tf.Tensor:
+  """The critic loss's term on fakes, per fake: it reads no real data."""
+  if loss == 'hinge':
+    return tf.nn.relu(1.0 + fake_scores)
+  return fake_scores
 
 
 def critic_losses(loss: str, critic, real, fake, labels, interpolation=None,
@@ -26,17 +43,14 @@ def critic_losses(loss: str, critic, real, fake, labels, interpolation=None,
       gradient penalty is taken (wgan_gp only).
     gp_weight: the penalty's weight (wgan_gp only).
   """
-  real_scores = critic([real, labels], training=True)
-  fake_scores = critic([fake, labels], training=True)
-  if loss == 'hinge':
-    return tf.nn.relu(1.0 - real_scores) + tf.nn.relu(1.0 + fake_scores)
-  losses = fake_scores - real_scores
-  if loss == 'wasserstein':
-    return losses
+  if loss not in CRITIC_LOSSES:
+    raise ValueError(f'--loss={loss!r}: choose one of {CRITIC_LOSSES}.')
+  losses = (real_terms(loss, critic([real, labels], training=True)) +
+            fake_terms(loss, critic([fake, labels], training=True)))
   if loss == 'wgan_gp':
     return losses + gp_weight * gradient_penalty(critic, real, fake, labels,
                                                  interpolation)
-  raise ValueError(f'--loss={loss!r}: choose one of {CRITIC_LOSSES}.')
+  return losses
 
 
 def gradient_penalty(critic, real, fake, labels, interpolation) -> tf.Tensor:

@@ -7,9 +7,9 @@ conditioning is a projection (Miyato & Koyama, 2018): score = w.h + <e_y, h>,
 with e_y a row of a dense layer over the one-hot label. A dense layer gives
 dense per-example gradients, where an Embedding's would be IndexedSlices.
 
-The generator never sees real data, but its samples are paired one-to-one
-with real examples inside each critic update, and each pair is one clipped
-record. Batch norm in the generator would make every fake depend on the whole
+The generator never sees real data, but by default its samples are paired
+one-to-one with real examples inside each critic update, and each pair is one
+clipped record (gan.py). Batch norm in the generator would make every fake depend on the whole
 (data-dependent, Poisson-sized) batch, so that adding one real example changes
 every record. The generator therefore normalises per example, with ProGAN's
 pixel norm (Karras et al., 2018), which was designed to stand in for batch

@@ -261,7 +261,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         grad_engine=c.grad_engine, microbatch_size=c.microbatch_size,
         expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,
         nonprivate_diagnostics=c.nonprivate_diagnostics,
-        ema_generator=ema_generator, ema_decay=c.generator_ema)
+        ema_generator=ema_generator, ema_decay=c.generator_ema,
+        fake_gradient=c.fake_gradient)
     model.compile(*make_optimizers(c, sigma, model.noise_seed))
     checkpoint = make_checkpoint(model)
   # Every worker resumes from the chief's checkpoints (--model_dir on a

@@ -272,3 +272,32 @@ def test_ghost_falls_back_where_layer_capture_does_not_apply(critic):
 def test_unknown_engine_is_rejected(critic):
   with pytest.raises(ValueError, match='grad_engine'):
     private_gradients('loop', critic, make_records(2))
+
+
+@pytest.mark.parametrize('engine', ['ghost', 'vectorized'])
+def test_clipped_mean_clips_like_the_query_and_adds_no_noise(critic, engine):
+  """Public records (gan.py's public fakes): clipped at C, never noised, even
+  by an optimizer whose query noises."""
+  records = make_records(BATCH)
+  fake_terms = lambda r: losses.fake_terms('hinge',
+                                           critic([r[1], r[2]], training=True))
+  expected = [tf.zeros_like(v) for v in critic.trainable_variables]
+  for i in range(BATCH):
+    with tf.GradientTape() as tape:
+      value = tf.reduce_sum(fake_terms(tf.nest.map_structure(
+          lambda t, i=i: t[i:i + 1], records)))
+    grads = tape.gradient(value, critic.trainable_variables)
+    scale = min(1.0, 0.5 / global_norm(grads))
+    expected = [e + scale * g / EXPECTED for e, g in zip(expected, grads)]
+  means, norms = dp_gradients.clipped_mean(
+      engine, make_optimizer(0.5, sigma=5.0), fake_terms, critic, records, 1,
+      EXPECTED)
+  assert norms.shape == (BATCH,)
+  assert_grads_close([m.numpy() for m in means],
+                     [e.numpy() for e in expected])
+
+
+def test_clipped_mean_refuses_the_jacobian_engine(critic):
+  with pytest.raises(ValueError, match='--grad_engine=.jacobian.'):
+    dp_gradients.clipped_mean('jacobian', make_optimizer(1.0), None, critic,
+                              make_records(2), 1, EXPECTED)

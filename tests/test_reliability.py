@@ -150,6 +150,11 @@ _BAD_VALUES = [
     (dict(generator_ema=1.0), '--generator_ema=1.0 must be in [0, 1)'),
     (dict(critic_beta_1=1.0), '--critic_beta_1=1.0 must be in [0, 1)'),
     (dict(n_generator=0), '--n_generator=0 must be >= 1'),
+    (dict(fake_gradient='mixed'), "--fake_gradient='mixed': choose one of"),
+    (dict(fake_gradient='public', loss='wgan_gp'),
+     '--fake_gradient=public does not work with --loss=wgan_gp'),
+    (dict(fake_gradient='public', grad_engine='jacobian'),
+     '--fake_gradient=public needs --grad_engine=ghost or vectorized'),
 ]
 
 
