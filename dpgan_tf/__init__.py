@@ -12,5 +12,8 @@ critic never runs on an empty batch, which oneDNN's convolutions reject.
 import os
 import platform
 
-if platform.machine().lower() in ('x86_64', 'amd64'):
+# Where the default is set; elsewhere TensorFlow's own default stands.
+X86_HOST = platform.machine().lower() in ('x86_64', 'amd64')
+
+if X86_HOST:
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')

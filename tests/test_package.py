@@ -6,16 +6,16 @@ setting wins; each case runs an entry point in a fresh interpreter.
 """
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO_ROOT  # pylint: disable=g-bad-import-order
+import dpgan_tf  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.skipif(
-    platform.machine().lower() not in ('x86_64', 'amd64'),
+    not dpgan_tf.X86_HOST,
     reason='dpgan_tf sets the oneDNN default on x86 hosts only')
 
 # Runs SCRIPT --helpshort (its imports, then absl prints the flags and
