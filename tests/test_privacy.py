@@ -44,6 +44,16 @@ def test_epsilon_for_many_steps_matches_dp_accounting_count():
                                                                     rel=1e-9)
 
 
+def test_repeated_epsilon_equals_a_fresh_accountant_bit_for_bit():
+  # Later calls with the same sigma and q reuse one step's cached RDP.
+  q = 512 / 55000
+  for steps in (1, 1070, 1070, 4280):
+    assert privacy.compute_epsilon(1.469, q, steps, 1e-5) == (
+        _independent_epsilon(1.469, q, steps, 1e-5, one_at_a_time=False))
+  assert privacy.compute_epsilon(1.469, q, 1070, 1e-6) == (
+      _independent_epsilon(1.469, q, 1070, 1e-6, one_at_a_time=False))
+
+
 def test_shared_microbatches_are_accounted_at_half_sigma():
   assert privacy.compute_epsilon(2.0, 0.02, 10, 1e-5, microbatch_size=4) == (
       pytest.approx(_independent_epsilon(1.0, 0.02, 10, 1e-5), rel=1e-9))
