@@ -22,16 +22,23 @@ def test_fashion_mnist_offline(fashion_mnist_small):
   assert split.spec.class_names[9] == 'Ankle boot'
 
 
-def test_mnist_offline_from_the_shared_copy(tmp_path):
-  split = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR,
-                          max_examples=100)
-  assert split.images.shape == (100, 28, 28, 1) and len(split) == 100
-  assert set(np.unique(split.labels)) <= set(range(10))
+def test_mnist_offline_beside_fashion_mnist(tfds_dir, fashion_mnist_small):
+  """Prepared from the shared copy into the data_dir Fashion-MNIST is
+  prepared in: MNIST and Fashion-MNIST share IDX file names, and tfds's one
+  extraction directory per data_dir once made the second dataset prepared
+  there a copy of the first."""
+  del fashion_mnist_small  # Fashion-MNIST is prepared in tfds_dir first.
+  split = data.load_split('mnist', 'test', tfds_dir, MNIST_DIR)
+  assert split.images.shape == (10000, 28, 28, 1) and len(split) == 10000
   assert split.images.max() == 255 and split.images.min() == 0
+  with gzip.open(os.path.join(MNIST_DIR, 't10k-labels-idx1-ubyte.gz')) as f:
+    raw_labels = np.frombuffer(f.read()[8:], np.uint8)
+  np.testing.assert_array_equal(np.bincount(split.labels, minlength=10),
+                                np.bincount(raw_labels, minlength=10))
   # "The first K" is tfds's fixed order, so K examples are the same each time.
-  again = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR,
+  first = data.load_split('mnist', 'test', tfds_dir, MNIST_DIR,
                           max_examples=100)
-  np.testing.assert_array_equal(split.images, again.images)
+  np.testing.assert_array_equal(first.images, split.images[:100])
 
 
 def test_ranges_round_trip():
@@ -84,21 +91,16 @@ def test_a_well_formed_file_with_other_content_is_refused(tmp_path):
     data.check_manual_dir(data.DATASETS['mnist'], str(tmp_path))
 
 
-def test_mnist_prepared_beside_fashion_mnist_is_mnist(tmp_path):
-  """MNIST and Fashion-MNIST share IDX file names; tfds's one extraction
-  directory per data_dir once made the second dataset prepared there a copy
-  of the first. Such a directory is refused, and load_split's own
-  preparation keeps the datasets apart."""
-  def prepare_as_tfds_alone(name, manual_dir):
-    tfds.load(name, split='test[:1]', data_dir=str(tmp_path),
-              download_and_prepare_kwargs={
-                  'download_config': tfds.download.DownloadConfig(
-                      manual_dir=manual_dir)})
-
-  prepare_as_tfds_alone('fashion_mnist', FASHION_MNIST_DIR)
-  prepare_as_tfds_alone('mnist', MNIST_DIR)  # Built from Fashion-MNIST.
+def test_a_directory_prepared_from_the_other_files_is_refused(tmp_path):
+  """What tfds's shared extraction directory once did, done directly: tfds
+  prepares "mnist" from the Fashion-MNIST files. Every later load of it is
+  refused, with or without the raw files at hand."""
+  tfds.load('mnist', split='test[:1]', data_dir=str(tmp_path),
+            download_and_prepare_kwargs={
+                'download_config': tfds.download.DownloadConfig(
+                    manual_dir=FASHION_MNIST_DIR)})
   for split in ('test', 'train'):
-    for manual_dir in (MNIST_DIR, None):  # Raw files at hand or not.
+    for manual_dir in (MNIST_DIR, None):
       with pytest.raises(data.DataError, match=re.escape(
           f'the first mnist/{split} example prepared in {tmp_path / "mnist"} '
           "is not mnist's (it is fashion_mnist's): the directory was prepared "
@@ -106,12 +108,3 @@ def test_mnist_prepared_beside_fashion_mnist_is_mnist(tmp_path):
           'dpgan_eval/mnist-feature-classifier file')):
         data.load_split('mnist', split, str(tmp_path), manual_dir,
                         max_examples=50)
-
-  shutil.rmtree(tmp_path / 'mnist')
-  mnist = data.load_split('mnist', 'test', str(tmp_path), MNIST_DIR)
-  with gzip.open(os.path.join(MNIST_DIR, 't10k-labels-idx1-ubyte.gz')) as f:
-    raw_labels = np.frombuffer(f.read()[8:], np.uint8)
-  np.testing.assert_array_equal(np.bincount(mnist.labels, minlength=10),
-                                np.bincount(raw_labels, minlength=10))
-  # The same Fashion-MNIST files are still in tfds's extraction directory.
-  assert os.listdir(tmp_path / 'downloads' / 'extracted')

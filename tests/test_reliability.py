@@ -96,7 +96,12 @@ def test_kill_9_at_random_points_then_rerun_equals_uninterrupted(
             '--checkpoint_every=2', '--log_every=1', '--target_epsilon=8',
             '--seed=3']
 
-  straight = _train_cli(*flags('straight'), check=True)
+  # The uninterrupted run goes alongside the killed attempts (the kills are
+  # placed by logged steps, not by time).
+  with open(tmp_path / 'straight.log', 'w') as log:
+    straight = subprocess.Popen(
+        [sys.executable, 'train.py', *_TINY_FLAGS, *flags('straight')],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
   rng = random.Random(20261130)
   # Two attempts killed a few steps after they start (from the last
   # checkpoint of the one before), then one at the end of training, around
@@ -107,10 +112,12 @@ def test_kill_9_at_random_points_then_rerun_equals_uninterrupted(
            for kill_at in kill_points]
   assert sum(kills) >= 2
   resumed = _train_cli(*flags('killed'), check=True)
+  straight_stdout, _ = straight.communicate(timeout=600)
+  assert straight.returncode == 0, (tmp_path / 'straight.log').read_text()
   final_line = [l for l in resumed.stdout.splitlines()
                 if l.startswith('Final epsilon')]
-  assert final_line == [l for l in straight.stdout.splitlines()
-                        if l.startswith('Final epsilon')]
+  assert final_line and final_line == [l for l in straight_stdout.splitlines()
+                                       if l.startswith('Final epsilon')]
   a_meta = export.latest_metadata(str(tmp_path / 'straight' / 'e'))
   b_meta = export.latest_metadata(str(tmp_path / 'killed' / 'e'))
   assert a_meta['epsilon'] == b_meta['epsilon'] <= 8
