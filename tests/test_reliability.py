@@ -24,12 +24,13 @@ _TINY_FLAGS = ['--dataset=fashion_mnist', f'--manual_dir={FASHION_MNIST_DIR}',
                '--max_train_examples=256', '--batch_size=32', '--delta=1e-4',
                '--latent_dim=16', '--generator_width=8', '--critic_width=8',
                '--log_every=4', '--sample_every=4']
+# train.py on the tiny run; callers add their own flags.
+_TRAIN_CLI = [sys.executable, 'train.py', *_TINY_FLAGS]
 
 
 def _train_cli(*flags, **kwargs):
-  return subprocess.run([sys.executable, 'train.py', *_TINY_FLAGS, *flags],
-                        cwd=REPO_ROOT, capture_output=True, text=True,
-                        **kwargs)
+  return subprocess.run([*_TRAIN_CLI, *flags], cwd=REPO_ROOT,
+                        capture_output=True, text=True, **kwargs)
 
 
 def _listing(directory):
@@ -64,8 +65,7 @@ def _run_and_kill_at(args, kill_at, delay):
   however far the one before got; the random delay moves the kill across
   the step, the checkpoint write and the export.
   """
-  proc = subprocess.Popen([sys.executable, 'train.py', *_TINY_FLAGS, *args],
-                          cwd=REPO_ROOT,
+  proc = subprocess.Popen([*_TRAIN_CLI, *args], cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
   logged, last = 0, time.monotonic()
@@ -100,8 +100,8 @@ def test_kill_9_at_random_points_then_rerun_equals_uninterrupted(
   # placed by logged steps, not by time).
   with open(tmp_path / 'straight.log', 'w') as log:
     straight = subprocess.Popen(
-        [sys.executable, 'train.py', *_TINY_FLAGS, *flags('straight')],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+        [*_TRAIN_CLI, *flags('straight')], cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=log, text=True)
   rng = random.Random(20261130)
   # Two attempts killed a few steps after they start (from the last
   # checkpoint of the one before), then one at the end of training, around
