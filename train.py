@@ -24,6 +24,7 @@ from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
 from dpgan_tf import gan
 from dpgan_tf import losses
+from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import training
 
@@ -84,6 +85,12 @@ flags.DEFINE_float('critic_weight_clip', _DEFAULTS.critic_weight_clip,
 flags.DEFINE_integer('latent_dim', _DEFAULTS.latent_dim, 'Noise dimension.')
 flags.DEFINE_integer('generator_width', _DEFAULTS.generator_width,
                      'Generator base filters.')
+flags.DEFINE_enum('generator_upsampling', _DEFAULTS.generator_upsampling,
+                  networks.UPSAMPLINGS, 'How the generator doubles its '
+                  'resolution: "transposed" (stride-2 transposed '
+                  'convolutions, DCGAN) or "resize" (nearest-neighbour '
+                  'resize, then a 3x3 convolution: no checkerboard '
+                  'artefacts). Generator only: no privacy cost.')
 flags.DEFINE_integer('critic_width', _DEFAULTS.critic_width,
                      'Critic base filters.')
 flags.DEFINE_float('generator_lr', _DEFAULTS.generator_lr, 'Adam lr.')

@@ -11,9 +11,13 @@ from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
 from dpgan_tf import gan
 from dpgan_tf import losses
+from dpgan_tf import networks
 from dpgan_tf import privacy
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
+# The flags that shape the networks: a resumed run must keep them.
+NETWORK_FLAGS = ('latent_dim', 'generator_width', 'generator_upsampling',
+                 'critic_width')
 
 
 @dataclasses.dataclass
@@ -49,6 +53,7 @@ class TrainConfig:
   critic_weight_clip: float = 0.0
   latent_dim: int = 64
   generator_width: int = 64
+  generator_upsampling: str = 'transposed'
   critic_width: int = 32
   generator_lr: float = 2e-4
   critic_lr: float = 2e-4
@@ -131,6 +136,9 @@ def validate(c: TrainConfig) -> None:
     _require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
              '--grad_engine=ghost or vectorized (the jacobian path clips '
              'inside the DP optimizer, which would noise the fakes too).')
+  _require(c.generator_upsampling in networks.UPSAMPLINGS,
+           f'--generator_upsampling={c.generator_upsampling!r}: choose one of '
+           f'{networks.UPSAMPLINGS}.')
   _require(c.critic_weight_clip >= 0,
            f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
   _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')

@@ -14,6 +14,13 @@ clipped record (gan.py). Batch norm in the generator would make every fake depen
 every record. The generator therefore normalises per example, with ProGAN's
 pixel norm (Karras et al., 2018), which was designed to stand in for batch
 norm in generators.
+
+The generator doubles its resolution either with stride-2 transposed
+convolutions (DCGAN's way) or by nearest-neighbour resizing followed by a 3x3
+convolution ("resize-convolution", Odena et al., 2016), which cannot lay the
+uneven kernel overlaps that print checkerboard and speckle patterns. That
+inductive bias matters more under DP: the noisy critic cannot teach the
+generator to remove such high-frequency artefacts.
 """
 
 from typing import Tuple
@@ -21,6 +28,9 @@ from typing import Tuple
 import tensorflow as tf
 
 keras = tf.keras
+
+# How the generator doubles its resolution (see module doc).
+UPSAMPLINGS = ('transposed', 'resize')
 
 
 class PixelNorm(keras.layers.Layer):
@@ -39,16 +49,27 @@ def _num_upsamplings(image_shape: Tuple[int, int, int]) -> int:
   return 2 if height <= 32 else 3
 
 
+def _upsample(x, filters: int, upsampling: str):
+  """Doubles the resolution of x and maps it to `filters` channels."""
+  if upsampling == 'transposed':
+    return keras.layers.Conv2DTranspose(filters, 4, 2, 'same')(x)
+  if upsampling == 'resize':
+    x = keras.layers.UpSampling2D(2, interpolation='nearest')(x)
+    return keras.layers.Conv2D(filters, 3, padding='same')(x)
+  raise ValueError(f'upsampling {upsampling!r}: choose one of {UPSAMPLINGS}.')
+
+
 def build_generator(image_shape: Tuple[int, int, int],
                     num_classes: int,
                     latent_dim: int = 64,
-                    width: int = 64) -> keras.Model:
+                    width: int = 64,
+                    upsampling: str = 'transposed') -> keras.Model:
   """Generator: (noise [B, latent_dim], labels [B]) -> images [B, H, W, C].
 
   Images come out of a tanh, in [-1, 1]. The label embedding is concatenated
-  to the noise, then a dense layer feeds a stack of stride-2 transposed
-  convolutions, each doubling the resolution. Every output depends on its own
-  (noise, label) only (see module doc).
+  to the noise, then a dense layer feeds a stack of upsamplings (`upsampling`,
+  see module doc), each doubling the resolution. Every output depends on its
+  own (noise, label) only (see module doc).
   """
   num_up = _num_upsamplings(image_shape)
   height, _, channels = image_shape
@@ -64,9 +85,9 @@ def build_generator(image_shape: Tuple[int, int, int],
   x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
   for _ in range(num_up - 1):
     filters //= 2
-    x = keras.layers.Conv2DTranspose(filters, 4, 2, 'same')(x)
+    x = _upsample(x, filters, upsampling)
     x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
-  x = keras.layers.Conv2DTranspose(channels, 4, 2, 'same')(x)
+  x = _upsample(x, channels, upsampling)
   images = keras.layers.Activation('tanh', name='images')(x)
   return keras.Model([noise, labels], images, name='generator')
 

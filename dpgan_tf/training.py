@@ -87,6 +87,25 @@ def check_resume_generator_ema(c: config_lib.TrainConfig) -> None:
         f'{"> 0" if saved else "=0"}, or use a new --model_dir.')
 
 
+def check_resume_networks(c: config_lib.TrainConfig) -> None:
+  """The checkpoint's weights fit only the networks the run was started with:
+  names the flag that builds other ones, before anything is restored."""
+  path = os.path.join(c.model_dir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    started = json.load(f)
+  for name in config_lib.NETWORK_FLAGS:
+    # Runs started before a flag existed were built with its default.
+    was = started.get(name, getattr(config_lib.TrainConfig, name))
+    if was != getattr(c, name):
+      raise ResumeMismatch(
+          f'--{name}: the run in --model_dir={c.model_dir} was started with '
+          f'{was!r}, this command gives {getattr(c, name)!r}; its checkpoint '
+          'holds the weights of those networks only. Resume with the '
+          'original value, or use a new --model_dir.')
+
+
 def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
   """The ledger of the latest checkpoint in model_dir, or None."""
   latest = tf.train.latest_checkpoint(model_dir)
@@ -208,6 +227,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   if saved is not None:
     check_resume(c, saved.as_dict())
     check_resume_generator_ema(c)
+    check_resume_networks(c)
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
@@ -246,7 +266,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
                                  c.l2_norm_clip, c.sampling, c.dataset)
   with strategy.scope():
     generator = networks.build_generator(spec.image_shape, spec.num_classes,
-                                         c.latent_dim, c.generator_width)
+                                         c.latent_dim, c.generator_width,
+                                         c.generator_upsampling)
     critic = networks.build_critic(spec.image_shape, spec.num_classes,
                                    c.critic_width)
     ema_generator = None

@@ -7,9 +7,11 @@ import tensorflow as tf
 from dpgan_tf import networks
 
 
+@pytest.mark.parametrize('upsampling', networks.UPSAMPLINGS)
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
-def test_shapes_and_ranges(shape):
-  generator = networks.build_generator(shape, 10, latent_dim=16, width=8)
+def test_shapes_and_ranges(shape, upsampling):
+  generator = networks.build_generator(shape, 10, latent_dim=16, width=8,
+                                       upsampling=upsampling)
   critic = networks.build_critic(shape, 10, width=8)
   labels = tf.constant([0, 3, 9])
   images = generator([tf.random.normal([3, 16]), labels])
@@ -19,15 +21,18 @@ def test_shapes_and_ranges(shape):
 
 
 def test_no_batch_norm_anywhere():
-  for model in (networks.build_generator((28, 28, 1), 10),
+  for model in (*(networks.build_generator((28, 28, 1), 10, upsampling=u)
+                  for u in networks.UPSAMPLINGS),
                 networks.build_critic((28, 28, 1), 10)):
     assert not any(isinstance(l, tf.keras.layers.BatchNormalization)
                    for l in model.layers)
 
 
-def test_outputs_depend_on_own_example_only():
+@pytest.mark.parametrize('upsampling', networks.UPSAMPLINGS)
+def test_outputs_depend_on_own_example_only(upsampling):
   """Per-example clipping and record pairing rely on this (see networks.py)."""
-  generator = networks.build_generator((28, 28, 1), 10, latent_dim=16, width=8)
+  generator = networks.build_generator((28, 28, 1), 10, latent_dim=16, width=8,
+                                       upsampling=upsampling)
   critic = networks.build_critic((28, 28, 1), 10, width=8)
   noise, labels = tf.random.normal([5, 16]), tf.constant([1, 2, 3, 4, 5])
   batch = generator([noise, labels], training=True)
@@ -48,3 +53,18 @@ def test_critic_conditions_on_the_label():
 def test_unsupported_shape_is_rejected():
   with pytest.raises(ValueError, match='not supported'):
     networks.build_critic((30, 30, 3), 10)
+
+
+def test_upsamplings_build_different_layers():
+  """--generator_upsampling changes the network, not only its name."""
+  layers = {u: {type(l).__name__ for l in networks.build_generator(
+      (28, 28, 1), 10, upsampling=u).layers} for u in networks.UPSAMPLINGS}
+  assert 'Conv2DTranspose' in layers['transposed']
+  assert 'UpSampling2D' not in layers['transposed']
+  assert {'UpSampling2D', 'Conv2D'} <= layers['resize']
+  assert 'Conv2DTranspose' not in layers['resize']
+
+
+def test_unknown_upsampling_is_rejected():
+  with pytest.raises(ValueError, match="upsampling 'bilinear'"):
+    networks.build_generator((28, 28, 1), 10, upsampling='bilinear')

@@ -14,7 +14,6 @@ import tensorflow as tf
 from conftest import FASHION_MNIST_DIR
 from dpgan_tf import config as config_lib
 from dpgan_tf import export
-from dpgan_tf import gan
 from dpgan_tf import training
 
 
@@ -54,10 +53,13 @@ def test_critic_beta_1_sets_the_critic_optimizer_alone(critic_beta_1,
                                     'stddev': pytest.approx(1.2)}
 
 
-@pytest.mark.parametrize('fake_gradient', gan.FAKE_GRADIENTS)
-def test_resume_equals_uninterrupted(tmp_path, tfds_dir, fake_gradient):
+@pytest.mark.parametrize('fake_gradient,upsampling', [
+    ('paired', 'transposed'), ('public', 'transposed'), ('paired', 'resize')])
+def test_resume_equals_uninterrupted(tmp_path, tfds_dir, fake_gradient,
+                                     upsampling):
   # The moving average must resume too; public fakes are keyed by the step.
-  ema = dict(generator_ema=0.9, fake_gradient=fake_gradient)
+  ema = dict(generator_ema=0.9, fake_gradient=fake_gradient,
+             generator_upsampling=upsampling)
   straight = training.train(tiny_config(tmp_path / 'a', tfds_dir, epochs=2,
                                         **ema))
   first = training.train(tiny_config(tmp_path / 'b', tfds_dir, epochs=1,
