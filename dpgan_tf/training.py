@@ -95,15 +95,12 @@ def check_resume_networks(c: config_lib.TrainConfig) -> None:
     return
   with open(path) as f:
     started = json.load(f)
-  for name in config_lib.NETWORK_FLAGS:
-    # Runs started before a flag existed were built with its default.
-    was = started.get(name, getattr(config_lib.TrainConfig, name))
-    if was != getattr(c, name):
-      raise ResumeMismatch(
-          f'--{name}: the run in --model_dir={c.model_dir} was started with '
-          f'{was!r}, this command gives {getattr(c, name)!r}; its checkpoint '
-          'holds the weights of those networks only. Resume with the '
-          'original value, or use a new --model_dir.')
+  # Runs started before a flag existed were built with its default.
+  _refuse_changes(c, {
+      f'--{name}': (started.get(name, getattr(config_lib.TrainConfig, name)),
+                    getattr(c, name))
+      for name in config_lib.NETWORK_FLAGS
+  }, 'its checkpoint holds the weights of those networks only')
 
 
 def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
@@ -139,14 +136,20 @@ def check_resume(c: config_lib.TrainConfig, saved: dict,
         saved['dataset_size'], dataset_size)
     expected['--batch_size (sampling rate)'] = (saved['sampling_rate'],
                                                 c.batch_size / dataset_size)
+  _refuse_changes(c, expected, 'resuming would change the privacy guarantee')
+
+
+def _refuse_changes(c: config_lib.TrainConfig, expected: dict,
+                    consequence: str) -> None:
+  """Raises ResumeMismatch naming the first flag whose (was, now) differ."""
   for flag, (was, now) in expected.items():
     same = math.isclose(was, now, rel_tol=1e-9) if isinstance(
         was, float) else was == now
     if not same:
       raise ResumeMismatch(
           f'{flag}: the run in --model_dir={c.model_dir} was started with '
-          f'{was!r}, this command gives {now!r}. Resuming would change the '
-          'privacy guarantee; use a new --model_dir or the original value.')
+          f'{was!r}, this command gives {now!r}; {consequence}. Use a new '
+          '--model_dir or the original value.')
 
 
 def _write_json_atomically(path: str, payload: dict) -> None:
