@@ -93,6 +93,10 @@ flags.DEFINE_enum('generator_upsampling', _DEFAULTS.generator_upsampling,
                   'artefacts). Generator only: no privacy cost.')
 flags.DEFINE_integer('critic_width', _DEFAULTS.critic_width,
                      'Critic base filters.')
+flags.DEFINE_enum('critic_norm', _DEFAULTS.critic_norm, networks.CRITIC_NORMS,
+                  'How the critic normalises its convolutions: "none" or '
+                  '"layer" (per-example layer norm without gain or bias: '
+                  'clipping stays per example, no parameters added).')
 flags.DEFINE_float('generator_lr', _DEFAULTS.generator_lr, 'Adam lr.')
 flags.DEFINE_float('critic_lr', _DEFAULTS.critic_lr, 'DP Adam lr.')
 flags.DEFINE_float('beta_1', _DEFAULTS.beta_1, 'Adam beta_1.')
@@ -106,6 +110,13 @@ flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an '
                    'exponential moving average of the generator weights, '
                    'which is what is sampled and exported (post-processing: '
                    'no privacy cost). 0 exports the last iterate.')
+flags.DEFINE_integer('sample_candidates', _DEFAULTS.sample_candidates,
+                     "The export's generate signature draws this many "
+                     'candidates per image and returns the one the critic '
+                     'scores highest for its label (post-processing of the '
+                     'private critic: no privacy cost; the critic is then '
+                     'exported too). 1: plain samples. Changing it on a '
+                     'finished run re-exports without training.')
 flags.DEFINE_integer('seed', None, 'Seed for initialisation, sampling and '
                      'noise. Keep it secret: the guarantee relies on the '
                      'noise being unpredictable. Default: drawn from the OS '

@@ -98,10 +98,21 @@ class PeriodicCheckpoint(tf.keras.callbacks.Callback):
 def sample_grid(generator, num_classes: int, latent_dim: int, per_class: int,
                 seed: int = 0) -> np.ndarray:
   """One row per class, `per_class` columns, as one uint8 image [H, W, C]."""
-  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+  labels = grid_labels(num_classes, per_class)
   noise = tf.random.stateless_normal([len(labels), latent_dim], [seed, 0])
   images = data_lib.to_unit_range(generator([noise, labels], training=False))
-  images = (images.numpy() * 255).round().astype(np.uint8)
+  return tile_grid(images.numpy(), num_classes, per_class)
+
+
+def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
+  """The labels of a sample grid, row by row."""
+  return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+
+def tile_grid(images: np.ndarray, num_classes: int,
+              per_class: int) -> np.ndarray:
+  """Images [0, 1] in grid_labels order -> one uint8 image [H, W, C]."""
+  images = (images * 255).round().astype(np.uint8)
   n, h, w, c = images.shape
   grid = images.reshape(num_classes, per_class, h, w, c)
   return grid.transpose(0, 2, 1, 3, 4).reshape(num_classes * h, per_class * w,

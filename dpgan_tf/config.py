@@ -17,7 +17,7 @@ from dpgan_tf import privacy
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 # The flags that shape the networks: a resumed run must keep them.
 NETWORK_FLAGS = ('latent_dim', 'generator_width', 'generator_upsampling',
-                 'critic_width')
+                 'critic_width', 'critic_norm')
 
 
 @dataclasses.dataclass
@@ -55,6 +55,7 @@ class TrainConfig:
   generator_width: int = 64
   generator_upsampling: str = 'transposed'
   critic_width: int = 32
+  critic_norm: str = 'none'
   generator_lr: float = 2e-4
   critic_lr: float = 2e-4
   beta_1: float = 0.5
@@ -65,6 +66,9 @@ class TrainConfig:
   # Decay of an exponential moving average of the generator's weights; the
   # average (not the last iterate) is sampled and exported. 0 turns it off.
   generator_ema: float = 0.0
+  # The export's `generate` returns the best of this many candidates by the
+  # critic's score (post-processing; export.py). 1 turns it off.
+  sample_candidates: int = 1
   seed: Optional[int] = None
   # Monitoring and output.
   checkpoint_every: int = 200
@@ -139,13 +143,16 @@ def validate(c: TrainConfig) -> None:
   _require(c.generator_upsampling in networks.UPSAMPLINGS,
            f'--generator_upsampling={c.generator_upsampling!r}: choose one of '
            f'{networks.UPSAMPLINGS}.')
+  _require(c.critic_norm in networks.CRITIC_NORMS,
+           f'--critic_norm={c.critic_norm!r}: choose one of '
+           f'{networks.CRITIC_NORMS}.')
   _require(c.critic_weight_clip >= 0,
            f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
   _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
   _require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
   for name in ('n_critic', 'n_generator', 'checkpoint_every', 'sample_every',
                'log_every', 'keep_checkpoints', 'latent_dim',
-               'generator_width', 'critic_width'):
+               'generator_width', 'critic_width', 'sample_candidates'):
     _require(getattr(c, name) >= 1,
              f'--{name}={getattr(c, name)} must be >= 1.')
   for name in ('generator_lr', 'critic_lr'):

@@ -277,17 +277,14 @@ def generate_samples(module, num_classes: int, num_samples: int,
 
 
 def sample_grid(module, metadata: dict, seed: int) -> np.ndarray:
-  """A uint8 grid, a row per class, from the export's serving signature."""
-  serve = module.signatures['serving_default']
-
-  def generator(inputs, training):
-    del training  # The export is inference-only.
-    noise, labels = inputs
-    return serve(noise=noise, labels=tf.constant(labels))['images'] * 2 - 1
-
-  return callbacks_lib.sample_grid(generator, metadata['num_classes'],
-                                   metadata['latent_dim'], per_class=10,
-                                   seed=seed)
+  """A uint8 grid, a row per class, from the export's `generate` signature:
+  the samples the report measures (with the export's candidate selection)."""
+  per_class = 10
+  labels = callbacks_lib.grid_labels(metadata['num_classes'], per_class)
+  images = module.signatures['generate'](
+      labels=tf.constant(labels), seed=tf.constant(seed, tf.int64))['images']
+  return callbacks_lib.tile_grid(images.numpy(), metadata['num_classes'],
+                                 per_class)
 
 
 def load_inception(weights: str):
@@ -486,7 +483,10 @@ def evaluate(c: EvalConfig) -> dict:
       'dataset': c.dataset,
       'held_out': held_out,
       'export': {'path': checked.version_dir,
-                 'version': os.path.basename(checked.version_dir)},
+                 'version': os.path.basename(checked.version_dir),
+                 # Best of this many candidates by critic score (export.py);
+                 # exports from before the option drew plain samples.
+                 'sample_candidates': metadata.get('sample_candidates', 1)},
       'privacy': privacy,
       'metrics': {
           'accuracy_synthetic': downstream['synthetic']['test_accuracy'],

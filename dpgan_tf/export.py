@@ -5,9 +5,14 @@ the highest). A version is written to a hidden temporary directory and renamed
 into place, so a crash mid-export never leaves a half-written version for a
 server to load, and an existing version is never overwritten.
 
-Only the generator is exported: it is the released, post-processed output of
-the private training. The critic, which read real data, stays in the
-checkpoints.
+The generator is exported: it is the released, post-processed output of
+the private training. With `sample_candidates` M > 1 the critic is exported
+too, and `generate` draws M candidates per requested image and returns the
+one the critic scores highest for its label ("best of M", a per-image form of
+discriminator rejection sampling, Azadi et al., 2019). That costs no privacy:
+DP-SGD's guarantee covers every iterate of the critic, its last one
+included, so scoring with it is post-processing. `serving_default` takes the
+caller's noise and stays the plain generator.
 """
 
 import json
@@ -31,13 +36,20 @@ class ExportError(ValueError):
 
 
 class GeneratorServingModule(tf.Module):
-  """The exported object: two signatures over the generator."""
+  """The exported object: two signatures over the generator (and critic)."""
 
   def __init__(self, generator: tf.keras.Model, latent_dim: int,
-               metadata_path: str):
+               metadata_path: str, critic: Optional[tf.keras.Model] = None,
+               sample_candidates: int = 1):
     super().__init__(name='dpgan_generator')
+    if sample_candidates > 1 and critic is None:
+      raise ValueError(f'sample_candidates={sample_candidates} needs the '
+                       'critic that scores the candidates.')
     self.generator = generator
     self.latent_dim = latent_dim
+    self.sample_candidates = sample_candidates
+    # Saved only when it selects samples.
+    self.critic = critic if sample_candidates > 1 else None
     self.metadata = tf.saved_model.Asset(metadata_path)
     # Without autograph: it converts a function from its source file, read
     # when tracing, by line number. train.py traces these at the end of a
@@ -60,11 +72,24 @@ class GeneratorServingModule(tf.Module):
         self.generator([noise, labels], training=False))}
 
   def _generate(self, labels, seed):
-    """labels [N], seed -> images; noise from a stateless RNG keyed by seed."""
+    """labels [N], seed -> images; noise from a stateless RNG keyed by seed.
+
+    Image i is the best of candidates [i*M, (i+1)*M) by critic score.
+    """
+    m = self.sample_candidates
+    n = tf.shape(labels)[0]
     noise = tf.random.stateless_normal(
-        [tf.shape(labels)[0], self.latent_dim],
-        tf.stack([seed, tf.zeros([], tf.int64)]))
-    return self._serve(noise, labels)
+        [n * m, self.latent_dim], tf.stack([seed, tf.zeros([], tf.int64)]))
+    if m == 1:
+      return self._serve(noise, labels)
+    candidate_labels = tf.repeat(labels, m)
+    images = self.generator([noise, candidate_labels], training=False)
+    scores = tf.reshape(self.critic([images, candidate_labels],
+                                    training=False), [n, m])
+    best = tf.argmax(scores, axis=1, output_type=tf.int32)
+    images = tf.reshape(images, tf.concat([[n, m], tf.shape(images)[1:]], 0))
+    return {'images': data_lib.to_unit_range(
+        tf.gather(images, best, axis=1, batch_dims=1))}
 
 
 def list_versions(export_dir: str):
@@ -92,8 +117,14 @@ def check_writable_dir(path: str, flag: str) -> None:
 
 
 def export_generator(generator: tf.keras.Model, export_dir: str,
-                     latent_dim: int, metadata: dict) -> str:
-  """Writes a new version under export_dir; returns its path."""
+                     latent_dim: int, metadata: dict,
+                     critic: Optional[tf.keras.Model] = None,
+                     sample_candidates: int = 1) -> str:
+  """Writes a new version under export_dir; returns its path.
+
+  `generate` returns the best of `sample_candidates` by `critic` score (see
+  module doc).
+  """
   os.makedirs(export_dir, exist_ok=True)
   for name in os.listdir(export_dir):  # Left by an export that was killed.
     if name.startswith(_STAGING_PREFIX):
@@ -105,7 +136,8 @@ def export_generator(generator: tf.keras.Model, export_dir: str,
     metadata_path = os.path.join(staging, METADATA_FILE)
     with open(metadata_path, 'w') as f:
       json.dump(metadata, f, indent=2, sort_keys=True)
-    module = GeneratorServingModule(generator, latent_dim, metadata_path)
+    module = GeneratorServingModule(generator, latent_dim, metadata_path,
+                                    critic, sample_candidates)
     model_path = os.path.join(staging, 'model')
     tf.saved_model.save(module, model_path, signatures={
         'serving_default': module.serve,

@@ -61,8 +61,10 @@ def read_run_config(model_dir: str, spec: data_lib.DatasetSpec) -> dict:
 def load_critic(model_dir: str, spec: data_lib.DatasetSpec,
                 run_config: dict) -> Tuple[tf.keras.Model, str]:
   """The critic of the latest checkpoint in model_dir, and that path."""
+  # Runs started before --critic_norm existed had none.
   critic = networks.build_critic(spec.image_shape, spec.num_classes,
-                                 run_config['critic_width'])
+                                 run_config['critic_width'],
+                                 run_config.get('critic_norm', 'none'))
   path = tf.train.latest_checkpoint(model_dir)
   try:
     tf.train.Checkpoint(critic=critic).restore(

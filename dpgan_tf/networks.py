@@ -22,6 +22,12 @@ uneven kernel overlaps that print checkerboard patterns. On MNIST at
 epsilon=1 it measured no better (README, Results): the speckle of the
 private samples there comes from the noisy critic, not from the upsampling,
 so transposed convolutions stay the default.
+
+The critic can normalise each stride-2 convolution's output with layer norm
+over (H, W, C) of its own example (Ba et al., 2016; the critic normalisation
+of WGAN-GP, Gulrajani et al., 2017): per example, so clipping stays
+per-example, and without gain or bias, so it adds no parameters to noise and
+the ghost-clipping engine still covers every trainable variable.
 """
 
 from typing import Tuple
@@ -32,6 +38,8 @@ keras = tf.keras
 
 # How the generator doubles its resolution (see module doc).
 UPSAMPLINGS = ('transposed', 'resize')
+# How the critic normalises its convolutions' outputs (see module doc).
+CRITIC_NORMS = ('none', 'layer')
 
 
 class PixelNorm(keras.layers.Layer):
@@ -95,18 +103,25 @@ def build_generator(image_shape: Tuple[int, int, int],
 
 def build_critic(image_shape: Tuple[int, int, int],
                  num_classes: int,
-                 width: int = 32) -> keras.Model:
+                 width: int = 32,
+                 norm: str = 'none') -> keras.Model:
   """Critic: (images [B, H, W, C] in [-1, 1], labels [B]) -> scores [B].
 
-  Stride-2 convolutions with LeakyReLU, no normalisation (see module doc),
-  then a projection head. Every output depends on its own example only.
+  Stride-2 convolutions with LeakyReLU, no batch statistics (`norm`: none or
+  per-example layer norm; see module doc), then a projection head. Every
+  output depends on its own example only.
   """
+  if norm not in CRITIC_NORMS:
+    raise ValueError(f'critic norm {norm!r}: choose one of {CRITIC_NORMS}.')
   num_down = _num_upsamplings(image_shape)
   images = keras.Input(image_shape, name='images')
   labels = keras.Input((), dtype=tf.int32, name='labels')
   x = images
   for i in range(num_down):
     x = keras.layers.Conv2D(width * 2**i, 4, 2, 'same')(x)
+    if norm == 'layer':
+      x = keras.layers.LayerNormalization(axis=(1, 2, 3), center=False,
+                                          scale=False)(x)
     x = keras.layers.LeakyReLU(0.2)(x)
   features = keras.layers.Flatten()(x)
   unconditional = keras.layers.Dense(1, name='score')(features)

@@ -169,6 +169,7 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
       'class_names': list(spec.class_names),
       'latent_dim': c.latent_dim,
       'generator_ema': c.generator_ema,
+      'sample_candidates': c.sample_candidates,
       'epsilon': ledger.epsilon(),
       'delta': d['delta'],
       'noise_multiplier': d['noise_multiplier'],
@@ -272,7 +273,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
                                          c.latent_dim, c.generator_width,
                                          c.generator_upsampling)
     critic = networks.build_critic(spec.image_shape, spec.num_classes,
-                                   c.critic_width)
+                                   c.critic_width, c.critic_norm)
     ema_generator = None
     if c.generator_ema > 0:
       ema_generator = tf.keras.models.clone_model(generator)
@@ -360,12 +361,16 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   export_path = None
   if c.export_dir:
     latest = export_lib.latest_metadata(c.export_dir)
-    if latest is None or latest.get('critic_steps') != int(
-        ledger.critic_steps.numpy()):
+    # A new version once more steps are taken or the sampling changes
+    # (exports from before --sample_candidates drew plain samples).
+    if latest is None or (latest.get('critic_steps'),
+                          latest.get('sample_candidates', 1)) != (
+                              int(ledger.critic_steps.numpy()),
+                              c.sample_candidates):
       # Like checkpoints, the other workers write theirs to scratch.
       path = export_lib.export_generator(
           model.sampling_generator, scratch or c.export_dir, c.latent_dim,
-          export_metadata(c, ledger, spec))
+          export_metadata(c, ledger, spec), model.critic, c.sample_candidates)
       export_path = None if scratch else path
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)

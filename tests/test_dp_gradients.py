@@ -269,6 +269,25 @@ def test_ghost_falls_back_where_layer_capture_does_not_apply(critic):
   assert choose('jacobian', critic, True)[0] == 'jacobian'
 
 
+def test_ghost_clips_a_layer_norm_critic_like_the_loop():
+  """--critic_norm=layer adds no parameters: ghost clipping still applies,
+  and its norms and clipped mean equal the one-record-at-a-time loop's."""
+  tf.keras.utils.set_random_seed(2)
+  critic = networks.build_critic(IMAGE_SHAPE, NUM_CLASSES, width=4,
+                                 norm='layer')
+  assert dp_gradients._choose_engine(  # pylint: disable=protected-access
+      'ghost', critic, False)[0] == 'ghost'
+  records = make_records(BATCH)
+  per_record = per_record_gradients(critic, records)
+  norms_loop = [global_norm(g) for g in per_record]
+  clip = float(np.median(norms_loop))
+  expected = [sum(min(1.0, clip / n) * g for n, g in zip(norms_loop, parts))
+              / EXPECTED for parts in zip(*per_record)]
+  grads, norms = private_gradients('ghost', critic, records, clip=clip)
+  np.testing.assert_allclose(norms, norms_loop, rtol=1e-5)
+  assert_grads_close(grads, expected)
+
+
 def test_unknown_engine_is_rejected(critic):
   with pytest.raises(ValueError, match='grad_engine'):
     private_gradients('loop', critic, make_records(2))

@@ -97,6 +97,8 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
   assert m['inception_fid'] is None
   assert not report['fidelity']['inception']['available']
   assert report['export']['path'] == tiny_export
+  # Its metadata predates --sample_candidates: plain samples.
+  assert report['export']['sample_candidates'] == 1
   assert report['privacy']['epsilon'] == 3.0
   assert 0 < report['privacy']['advantage_bound'] < 1
   attack = report['membership_inference']

@@ -136,9 +136,9 @@ def test_attack_separates_overfitted_critic_from_private_one(
 
 
 def _save_run(model_dir, critic_width=8, dataset='fashion_mnist',
-              max_train_examples=100):
+              max_train_examples=100, critic_norm='none'):
   critic = networks.build_critic(SPEC.image_shape, SPEC.num_classes,
-                                 critic_width)
+                                 critic_width, critic_norm)
   tf.train.Checkpoint(critic=critic).save(os.path.join(model_dir, 'ckpt'))
   with open(os.path.join(model_dir, 'run_config.json'), 'w') as f:
     json.dump({'dataset': dataset, 'critic_width': critic_width,
@@ -160,6 +160,23 @@ def test_attack_critic_uses_the_first_k_training_examples(
       str(tmp_path), SPEC, {'critic_width': 8})
   for a, b in zip(critic.weights, restored.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize('run_config', [
+    {'critic_width': 8, 'critic_norm': 'layer'},
+    {'critic_width': 8, 'critic_norm': 'none'},
+    {'critic_width': 8},  # Written before --critic_norm existed: none.
+])
+def test_load_critic_builds_the_runs_normalisation(tmp_path, run_config):
+  """Layer norm has no variables, so the checkpoint cannot tell: the run's
+  config must, or the attack would score with another function."""
+  saved = _save_run(str(tmp_path),
+                    critic_norm=run_config.get('critic_norm', 'none'))
+  restored, _ = membership.load_critic(str(tmp_path), SPEC, run_config)
+  images = tf.random.normal([4, *SPEC.image_shape])
+  labels = tf.constant([0, 1, 2, 3])
+  np.testing.assert_allclose(restored([images, labels]),
+                             saved([images, labels]), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_runs_are_rejected(tmp_path):

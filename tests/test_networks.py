@@ -23,17 +23,19 @@ def test_shapes_and_ranges(shape, upsampling):
 def test_no_batch_norm_anywhere():
   for model in (*(networks.build_generator((28, 28, 1), 10, upsampling=u)
                   for u in networks.UPSAMPLINGS),
-                networks.build_critic((28, 28, 1), 10)):
+                *(networks.build_critic((28, 28, 1), 10, norm=n)
+                  for n in networks.CRITIC_NORMS)):
     assert not any(isinstance(l, tf.keras.layers.BatchNormalization)
                    for l in model.layers)
 
 
-@pytest.mark.parametrize('upsampling', networks.UPSAMPLINGS)
-def test_outputs_depend_on_own_example_only(upsampling):
+@pytest.mark.parametrize('upsampling,critic_norm',
+                         zip(networks.UPSAMPLINGS, networks.CRITIC_NORMS[::-1]))
+def test_outputs_depend_on_own_example_only(upsampling, critic_norm):
   """Per-example clipping and record pairing rely on this (see networks.py)."""
   generator = networks.build_generator((28, 28, 1), 10, latent_dim=16, width=8,
                                        upsampling=upsampling)
-  critic = networks.build_critic((28, 28, 1), 10, width=8)
+  critic = networks.build_critic((28, 28, 1), 10, width=8, norm=critic_norm)
   noise, labels = tf.random.normal([5, 16]), tf.constant([1, 2, 3, 4, 5])
   batch = generator([noise, labels], training=True)
   single = generator([noise[:1], labels[:1]], training=True)
@@ -68,3 +70,31 @@ def test_upsamplings_build_different_layers():
 def test_unknown_upsampling_is_rejected():
   with pytest.raises(ValueError, match="upsampling 'bilinear'"):
     networks.build_generator((28, 28, 1), 10, upsampling='bilinear')
+
+
+def test_critic_layer_norm_normalises_each_example_without_parameters():
+  """--critic_norm=layer: every conv output has zero mean and unit variance
+  per example, whatever the batch, and the trainable variables are those of
+  the unnormalised critic (nothing extra to clip and noise)."""
+  plain = networks.build_critic((28, 28, 1), 10, width=8)
+  normed = networks.build_critic((28, 28, 1), 10, width=8, norm='layer')
+  assert ([v.shape for v in normed.trainable_variables] ==
+          [v.shape for v in plain.trainable_variables])
+  norms = [l for l in normed.layers
+           if isinstance(l, tf.keras.layers.LayerNormalization)]
+  assert len(norms) == 2
+  probe = tf.keras.Model(normed.inputs, [l.output for l in norms])
+  # Different scales per example; not tiny ones, where the layer's epsilon
+  # (1e-3, added to the variance) dominates.
+  images = tf.random.normal([3, 28, 28, 1]) * tf.constant([[[[1.]]], [[[5.]]],
+                                                           [[[2.]]]])
+  for out in probe([images, tf.constant([0, 1, 2])]):
+    np.testing.assert_allclose(tf.reduce_mean(out, axis=(1, 2, 3)), 0,
+                               atol=1e-4)
+    np.testing.assert_allclose(tf.math.reduce_std(out, axis=(1, 2, 3)), 1,
+                               rtol=1e-2)
+
+
+def test_unknown_critic_norm_is_rejected():
+  with pytest.raises(ValueError, match="critic norm 'batch'"):
+    networks.build_critic((28, 28, 1), 10, norm='batch')

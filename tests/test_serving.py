@@ -184,6 +184,42 @@ def test_export_holds_the_generator_and_nothing_else(version_dir):
       w.shape.as_list() for w in generator.weights)
 
 
+def test_generate_returns_the_critics_best_of_the_candidates(tmp_path):
+  """sample_candidates=M: image i of `generate` is, of candidates
+  [i*M, (i+1)*M) drawn from the seed's noise, the one the exported critic
+  scores highest for label i; the critic's weights travel with it."""
+  tf.keras.utils.set_random_seed(3)
+  generator = networks.build_generator(IMAGE_SHAPE, 10, 8, width=8)
+  critic = networks.build_critic(IMAGE_SHAPE, 10, width=8)
+  path = export_lib.export_generator(generator, str(tmp_path), 8, {},
+                                     critic=critic, sample_candidates=4)
+  labels = tf.constant([0, 3, 7, 9, 3])
+  got = tf.saved_model.load(path).signatures['generate'](
+      labels=labels, seed=tf.constant(11, tf.int64))['images'].numpy()
+
+  noise = tf.random.stateless_normal([20, 8], [11, 0])
+  candidate_labels = np.repeat(labels.numpy(), 4)
+  candidates = generator([noise, candidate_labels]).numpy()
+  scores = critic([candidates, candidate_labels]).numpy().reshape(5, 4)
+  best = scores.argmax(axis=1)
+  assert len(set(best)) > 1  # Not always the first candidate.
+  expected = (candidates.reshape(5, 4, *IMAGE_SHAPE)[np.arange(5), best]
+              + 1) / 2
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  names = [n for n, _ in tf.train.list_variables(
+      os.path.join(path, 'variables', 'variables'))
+           if n.endswith('/.ATTRIBUTES/VARIABLE_VALUE')]
+  assert {n.split('/')[0] for n in names} == {'generator', 'critic'}
+
+
+def test_candidates_without_a_critic_are_refused(tmp_path):
+  generator = networks.build_generator(IMAGE_SHAPE, 10, 8, width=8)
+  with pytest.raises(ValueError, match='sample_candidates=3 needs the critic'):
+    export_lib.export_generator(generator, str(tmp_path), 8, {},
+                                sample_candidates=3)
+  assert export_lib.list_versions(str(tmp_path)) == []
+
+
 def test_export_embeds_no_data(version_dir):
   """No constant in any graph could hold training images (uint8 or large)."""
   proto = saved_model_pb2.SavedModel()

@@ -225,6 +225,29 @@ def test_export_loads_in_a_fresh_process_and_logs_stay_private(tmp_path, tfds_di
   assert os.path.getsize(os.path.join(config.model_dir, 'samples.png')) > 0
 
 
+def test_changing_sample_candidates_reexports_without_training(tmp_path,
+                                                              tfds_dir):
+  """A finished run gets a new export version for another
+  --sample_candidates, with the same steps, epsilon and checkpoints."""
+  first = training.train(tiny_config(tmp_path, tfds_dir))
+  checkpoints = _weights(str(tmp_path / 'model'))
+  again = training.train(tiny_config(tmp_path, tfds_dir, sample_candidates=3))
+  assert again.export_path == os.path.join(str(tmp_path / 'export'), '2')
+  assert (again.critic_steps, again.epsilon) == (first.critic_steps,
+                                                 first.epsilon)
+  before, after = (export.read_metadata(p) for p in (first.export_path,
+                                                     again.export_path))
+  assert (before['sample_candidates'], after['sample_candidates']) == (1, 3)
+  assert {k: v for k, v in before.items() if k != 'sample_candidates'} == {
+      k: v for k, v in after.items() if k != 'sample_candidates'}
+  later = _weights(str(tmp_path / 'model'))
+  assert checkpoints.keys() == later.keys()
+  assert all(np.array_equal(checkpoints[k], later[k]) for k in checkpoints)
+  # The same value again: nothing new to export.
+  assert training.train(tiny_config(tmp_path, tfds_dir,
+                                    sample_candidates=3)).export_path is None
+
+
 def test_export_holds_the_generator_moving_average(tmp_path, tfds_dir):
   config = tiny_config(tmp_path, tfds_dir, generator_ema=0.9)
   result = training.train(config)
