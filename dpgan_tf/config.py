@@ -20,6 +20,12 @@ NETWORK_FLAGS = ('latent_dim', 'generator_width', 'generator_upsampling',
                  'critic_width', 'critic_norm')
 
 
+def started_with(run_config: dict, name: str):
+  """A flag's value in a run's run_config.json: runs started before the flag
+  existed were built with its default."""
+  return run_config.get(name, getattr(TrainConfig, name))
+
+
 @dataclasses.dataclass
 class TrainConfig:
   """Everything a training run depends on (see train.py for the flags)."""

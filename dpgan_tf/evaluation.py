@@ -484,9 +484,9 @@ def evaluate(c: EvalConfig) -> dict:
       'held_out': held_out,
       'export': {'path': checked.version_dir,
                  'version': os.path.basename(checked.version_dir),
-                 # Best of this many candidates by critic score (export.py);
-                 # exports from before the option drew plain samples.
-                 'sample_candidates': metadata.get('sample_candidates', 1)},
+                 # Best of this many candidates by critic score (export.py).
+                 'sample_candidates': export_lib.sample_candidates_of(
+                     metadata)},
       'privacy': privacy,
       'metrics': {
           'accuracy_synthetic': downstream['synthetic']['test_accuracy'],

@@ -150,6 +150,11 @@ def export_generator(generator: tf.keras.Model, export_dir: str,
   return final
 
 
+def sample_candidates_of(metadata: dict) -> int:
+  """The export's M; exports from before the option drew plain samples."""
+  return metadata.get('sample_candidates', 1)
+
+
 def resolve_version_dir(path: str) -> str:
   """A version directory, or its parent meaning the newest version."""
   if os.path.isfile(os.path.join(path, 'saved_model.pb')):

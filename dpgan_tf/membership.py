@@ -27,6 +27,7 @@ import numpy as np
 from sklearn import metrics
 import tensorflow as tf
 
+from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import networks
 from dpgan_tf import training
@@ -61,10 +62,9 @@ def read_run_config(model_dir: str, spec: data_lib.DatasetSpec) -> dict:
 def load_critic(model_dir: str, spec: data_lib.DatasetSpec,
                 run_config: dict) -> Tuple[tf.keras.Model, str]:
   """The critic of the latest checkpoint in model_dir, and that path."""
-  # Runs started before --critic_norm existed had none.
-  critic = networks.build_critic(spec.image_shape, spec.num_classes,
-                                 run_config['critic_width'],
-                                 run_config.get('critic_norm', 'none'))
+  critic = networks.build_critic(
+      spec.image_shape, spec.num_classes, run_config['critic_width'],
+      config_lib.started_with(run_config, 'critic_norm'))
   path = tf.train.latest_checkpoint(model_dir)
   try:
     tf.train.Checkpoint(critic=critic).restore(

@@ -95,10 +95,8 @@ def check_resume_networks(c: config_lib.TrainConfig) -> None:
     return
   with open(path) as f:
     started = json.load(f)
-  # Runs started before a flag existed were built with its default.
   _refuse_changes(c, {
-      f'--{name}': (started.get(name, getattr(config_lib.TrainConfig, name)),
-                    getattr(c, name))
+      f'--{name}': (config_lib.started_with(started, name), getattr(c, name))
       for name in config_lib.NETWORK_FLAGS
   }, 'its checkpoint holds the weights of those networks only')
 
@@ -361,10 +359,9 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   export_path = None
   if c.export_dir:
     latest = export_lib.latest_metadata(c.export_dir)
-    # A new version once more steps are taken or the sampling changes
-    # (exports from before --sample_candidates drew plain samples).
+    # A new version once more steps are taken or the sampling changes.
     if latest is None or (latest.get('critic_steps'),
-                          latest.get('sample_candidates', 1)) != (
+                          export_lib.sample_candidates_of(latest)) != (
                               int(ledger.critic_steps.numpy()),
                               c.sample_candidates):
       # Like checkpoints, the other workers write theirs to scratch.
