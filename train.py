@@ -8,7 +8,10 @@ Example (offline, Debian, a few minutes on 2 CPU cores):
     --epochs=1 --max_train_examples=2000
 
 Rerunning the same command resumes from the last checkpoint in --model_dir.
-Presets: --flagfile=configs/<dataset>_eps<epsilon>.flags (flags given after
+A resume replays the noise of the steps after that checkpoint, so it refuses
+every flag that changes what a critic step computes, naming it; the free ones
+are config.RESUME_FREE_FLAGS (paths, cadences, how far to train, what is
+exported). Presets: --flagfile=configs/<dataset>_eps<epsilon>.flags (flags given after
 it override it).
 """
 
@@ -104,8 +107,8 @@ flags.DEFINE_float('beta_2', _DEFAULTS.beta_2, 'Adam beta_2.')
 flags.DEFINE_float('critic_beta_1', _DEFAULTS.critic_beta_1, 'Adam beta_1 of '
                    'the critic alone (default: --beta_1). Its DP noise is '
                    'independent across steps, so more momentum averages more '
-                   'of it away, but the critic lags: 0.9 collapsed the '
-                   'generator on MNIST at epsilon=1 (README, Results).')
+                   'of it away, but the critic then lags behind the '
+                   'generator.')
 flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an '
                    'exponential moving average of the generator weights, '
                    'which is what is sampled and exported (post-processing: '

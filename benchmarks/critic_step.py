@@ -64,17 +64,16 @@ def _step(engine, critic, loss, batch_size, num_microbatches):
                                     variables))
 
     return tf.function(plain)
-  optimizer = privacy.make_dp_critic_optimizer(
-      1.0, 1.0, num_microbatches, tf.Variable([0, 0], dtype=tf.int64),
+  optimizer = privacy.DPCriticAdamOptimizer(
+      1.0, 1.0, num_microbatches, tf.Variable([0, 0], dtype=tf.int64), engine,
       learning_rate=2e-4, beta_1=0.5)
   microbatch_size = batch_size // (num_microbatches or batch_size)
 
   def private(records):
-    grads, _ = dp_gradients.dp_gradients(
-        engine, optimizer, loss_fn, critic, records, microbatch_size,
+    optimizer.minimize(dp_gradients.PrivateLoss(
+        loss_fn, records, critic, microbatch_size,
         batch_size / microbatch_size,
-        loss_differentiates_inputs=loss == 'wgan_gp')
-    optimizer.apply_gradients(zip(grads, variables))
+        differentiates_inputs=loss == 'wgan_gp'), variables)
 
   return tf.function(private)
 

@@ -3,8 +3,7 @@
 Importing the package turns TensorFlow's oneDNN CPU kernels on for x86 hosts
 (unless TF_ENABLE_ONEDNN_OPTS is already set): TensorFlow 2.15 enables them
 by default only on CPUs with AVX-512 VNNI/BF16, yet they are faster on AVX2
-ones too (a preset's generator step 1.6 s instead of 2.45 s on a 2-core AVX2
-host: README, Performance). TensorFlow reads the variable when it is first
+ones too (docs/performance.md). TensorFlow reads the variable when it is first
 imported, so train.py and eval.py import dpgan_tf before TensorFlow. The
 critic never runs on an empty batch, which oneDNN's convolutions reject.
 """

@@ -5,6 +5,8 @@ before anything is read or written, with a message naming the flag.
 """
 
 import dataclasses
+import json
+import os
 from typing import Optional
 
 from dpgan_tf import data as data_lib
@@ -15,15 +17,61 @@ from dpgan_tf import networks
 from dpgan_tf import privacy
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
-# The flags that shape the networks: a resumed run must keep them.
-NETWORK_FLAGS = ('latent_dim', 'generator_width', 'generator_upsampling',
-                 'critic_width', 'critic_norm')
+# The flags as a run was started, in its --model_dir (the seed left out).
+RUN_CONFIG_FILE = 'run_config.json'
+
+# The one rule for resuming: these flags may change, every other field of
+# TrainConfig is refused. Noise and batches are keyed by (seed, critic step),
+# so a resume replays the steps after its last checkpoint with the noise
+# they had; computed differently, two releases of one step with the same
+# noise would cancel it. None of these changes what a critic step computes.
+RESUME_FREE_FLAGS = frozenset({
+    # Where the data, checkpoints and exports are.
+    'model_dir', 'export_dir', 'data_dir', 'manual_dir',
+    # How far to train: sigma comes from the checkpoint's ledger, and a
+    # given --noise_multiplier is checked against it.
+    'epochs', 'target_epsilon', 'noise_multiplier',
+    # Cadence of checkpoints and reports, and opt-in extra metrics.
+    'checkpoint_every', 'sample_every', 'log_every', 'keep_checkpoints',
+    'nonprivate_diagnostics',
+    # What is sampled and exported (the moving average reads the generator
+    # only; switching it on or off is refused by its own check).
+    'generator_ema', 'sample_candidates',
+    # The checkpoint's seed is used.
+    'seed',
+})
+
+
+def resume_checked_flags() -> tuple:
+  """Every flag a resumed run must keep (see RESUME_FREE_FLAGS)."""
+  return tuple(f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUME_FREE_FLAGS)
 
 
 def started_with(run_config: dict, name: str):
   """A flag's value in a run's run_config.json: runs started before the flag
   existed were built with its default."""
   return run_config.get(name, getattr(TrainConfig, name))
+
+
+def read_run_config(model_dir: str) -> Optional[dict]:
+  """The flags the run in model_dir was started with, or None."""
+  path = os.path.join(model_dir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_run_config(c: 'TrainConfig') -> None:
+  """Records the flags a run starts with, atomically; the seed stays secret
+  (it is kept only in the checkpoint)."""
+  path = os.path.join(c.model_dir, RUN_CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(dataclasses.asdict(c) | {'seed': None}, f, indent=2,
+              sort_keys=True)
+  os.replace(tmp, path)
 
 
 @dataclasses.dataclass

@@ -4,13 +4,13 @@ Three engines compute the same mechanism:
 
 * `jacobian`: the DP optimizer's own path (`DPKerasAdamOptimizer`
   `_compute_gradients`), a `tape.jacobian` over the microbatch losses. Its
-  cost grows with batch size x microbatches (about 90x a plain step at batch
-  64 with one example per microbatch on a 2-core CPU).
+  cost grows with batch size x microbatches: the reference, not for
+  training.
 * `vectorized`: one forward and backward pass per microbatch, vectorised by
   `tf.vectorized_map` into batched kernels. The critic never mixes examples,
   so these passes are exactly the per-microbatch gradients. Works for any
   critic and loss, but batched per-example convolution kernels are slow on
-  CPU (about 2-3x a plain step).
+  CPU.
 * `ghost` (default): layer-wise clipping from one ordinary forward and
   backward pass (Goodfellow 2015; Li et al. 2022, "ghost clipping"; Bu et al.
   2022, "mixed ghost clipping"). For a Dense or Conv2D layer the gradient of
@@ -23,8 +23,8 @@ Three engines compute the same mechanism:
   sum_i w_i A_i^T D_i, from the per-example gradients when they were formed,
   else one matmul per layer. The backward pass stops at layer outputs and
   this replaces the weight-gradient part of a plain backward pass, so the
-  step costs little more than a plain one (1.1-1.4x for the MNIST critics
-  on a 2-core CPU; benchmarks/critic_step.py). Keras has no
+  step costs little more than a plain one (benchmarks/critic_step.py prints
+  the ratio; docs/performance.md). Keras has no
   per-call hook that exposes a layer's inputs and outputs to a tape, so the
   layers' `call` is wrapped while the loss is traced, and restored after.
   It needs every trainable variable to be the kernel or bias of a Dense or
@@ -33,11 +33,13 @@ Three engines compute the same mechanism:
   w.r.t. its input, so the penalty's weight gradient is not of the form
   A^T D. In either case this engine falls back to `vectorized` (logged).
 
-Whatever the engine, per-microbatch gradients are clipped to the optimizer's
-Gaussian query's clip norm by the query's own rule (clip by global norm per
-record, computed batched since `tf.clip_by_global_norm` has no vectorised
-form), summed, and noised by that query's `get_noised_result`: the same
-clipping and noise as the jacobian path.
+Whatever the engine, per-microbatch gradients are clipped to the DP
+optimizer's clip norm by its Gaussian query's own rule (clip by global norm
+per record, computed batched since `tf.clip_by_global_norm` has no
+vectorised form) and summed. The ghost and vectorized engines are the
+gradient computation of the critic's DP optimizer
+(`privacy.DPCriticAdamOptimizer`), which noises the sum with its query's
+`get_noised_result`: the same clipping and noise as the jacobian path.
 
 All divide the noised sum by the *expected* number of microbatches, a
 constant: dividing by the realised Poisson batch size would make the
@@ -50,8 +52,9 @@ pad_to_multiple). The jacobian engine skips an empty batch by `tf.cond`.
 """
 
 import contextlib
+import dataclasses
 import math
-from typing import Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -64,6 +67,28 @@ GRAD_ENGINES = ('ghost', 'vectorized', 'jacobian')
 # loss_fn(records) -> per-record losses [B]; records is a nest of tensors
 # with a leading batch dimension.
 LossFn = Callable[[object], tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateLoss:
+  """What the critic's DP optimizer minimises, in place of a loss tensor.
+
+  The engines re-run the loss per microbatch or while recording the layers'
+  calls, so they need it as a function of the records, with the model whose
+  layers they record. Public records (gan.py's public fakes) read no private
+  data: their gradient is clipped at the same C but not noised.
+  """
+  loss_fn: LossFn
+  records: Any
+  model: keras.Model
+  microbatch_size: int
+  # The noised sum is divided by this constant, never by the realised count.
+  expected_microbatches: float
+  # A gradient penalty: the loss differentiates the critic w.r.t. its input.
+  differentiates_inputs: bool = False
+  public_loss_fn: Optional[LossFn] = None
+  public_records: Any = None
+  expected_public_records: float = 0.0
 
 
 def _batch_size(records) -> tf.Tensor:
@@ -97,12 +122,6 @@ def pad_to_multiple(records, multiple: int):
   return tf.nest.map_structure(pad, records), mask
 
 
-def _clip_norm(optimizer) -> tf.Tensor:
-  """C, read from the optimizer's Gaussian query."""
-  return tf.cast(optimizer._dp_sum_query.derive_sample_params(  # pylint: disable=protected-access
-      optimizer._global_state), tf.float32)  # pylint: disable=protected-access
-
-
 def _clip_weights(norms: tf.Tensor, clip: tf.Tensor) -> tf.Tensor:
   """The query's rule, tf.clip_by_global_norm per record, as scales C/max(n, C)."""
   return clip / tf.maximum(norms, clip)
@@ -134,13 +153,13 @@ def per_microbatch_norms(gradients: Sequence[tf.Tensor]) -> tf.Tensor:
   return tf.sqrt(tf.add_n(squares))
 
 
-def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
+def clipped_sum_vectorized(clip: tf.Tensor, loss_fn: LossFn,
                            variables: Sequence[tf.Variable], records,
                            microbatch_size: int, chunk_size: int):
   """Sum over microbatches of clipped gradients, and the unclipped norms.
 
   Args:
-    optimizer: the DP optimizer whose Gaussian query clips.
+    clip: C, the clip norm.
     loss_fn: per-record losses.
     variables: the critic's trainable variables.
     records: nest of [B, ...] tensors, B a multiple of microbatch_size.
@@ -151,7 +170,6 @@ def clipped_sum_vectorized(optimizer, loss_fn: LossFn,
   Returns:
     (list of summed clipped gradients, per-microbatch norms [B/k]).
   """
-  clip = _clip_norm(optimizer)
   grouped = _group(records, microbatch_size)
   num_microbatches = _batch_size(grouped)
   padded, mask = pad_to_multiple(grouped, chunk_size)
@@ -204,8 +222,9 @@ def _conv2d_patches(layer, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
 
   What tf.image.extract_patches gives for each call's inputs (all of one
   shape), concatenated; but by one gather of whole channel vectors from all
-  the padded inputs: 2x faster on CPU than extract_patches, and the patches,
-  4x larger than the inputs, are never copied again. Indices are static.
+  the padded inputs, faster on CPU than extract_patches; and the patches,
+  kh*kw times larger than the inputs, are never copied again. Indices are
+  static.
   """
   _, height, width, channels = inputs[0].shape
   pads, taps = [], []
@@ -305,12 +324,8 @@ def ghost_norm_is_cheaper(s: int, k: int, o: int) -> bool:
   S*S*(K+O) multiply-adds in batched small matmuls, and its weighted sum a
   further S*K*O in one large matmul. So the ghost norm must cost less than
   the gradients' multiply-adds, S*S*(K+O) < S*K*O, and also less than their
-  memory traffic, S*S*(K+O) < 32*K*O. Timed layer by layer on the 2-core
-  CPU at 512 microbatches, the ghost norm is 3x faster for the class
-  projection (S=2, K=10, O=6272) and CIFAR's last convolution (S=32,
-  K=2048, O=256), but 1.5x slower for MNIST's width-64 second convolution
-  (S=98, K=1024, O=128), which passes the first test only; forming its
-  gradients makes that critic's whole DP step 10% faster.
+  memory traffic, S*S*(K+O) < 32*K*O (the layer-by-layer timings behind
+  the constant are in docs/performance.md).
   """
   return s * s * (k + o) < min(s, _GRADIENT_ELEMENT_COST) * k * o
 
@@ -327,8 +342,8 @@ def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
     by the ghost norm sum((a a^T) * (d d^T)) and one matmul over all
     positions for the sum, or by forming the per-microbatch gradients and
     reusing them for the sum, as ghost_norm_is_cheaper picks from the static
-    shapes. Both form the transposes, d^T a: with the long K dimension
-    innermost, TF's CPU matmuls run about 1.6x faster.
+    shapes. Both form the transposes, d^T a: TF's CPU matmuls are faster
+    with the long K dimension innermost.
   """
   s, k, o = a.shape[1], a.shape[2], d.shape[2]
   if s is not None and ghost_norm_is_cheaper(s, k, o):
@@ -342,12 +357,12 @@ def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
   return squares, lambda w: tf.transpose(tf.tensordot(w, grads, 1))
 
 
-def clipped_sum_ghost(optimizer, loss_fn: LossFn, layers, variables, records,
-                      microbatch_size: int):
+def clipped_sum_ghost(clip: tf.Tensor, loss_fn: LossFn, layers, variables,
+                      records, microbatch_size: int):
   """Like clipped_sum_vectorized, by layer capture (see module doc).
 
   Args:
-    optimizer: the DP optimizer whose Gaussian query clips.
+    clip: C, the clip norm.
     loss_fn: per-record losses, a function of the critic's outputs only.
     layers: capturable_layers(critic).
     variables: the critic's trainable variables, all owned by `layers`.
@@ -389,8 +404,7 @@ def clipped_sum_ghost(optimizer, loss_fn: LossFn, layers, variables, records,
       weighted_sums.append(
           (layer.bias, lambda w, g=bias_grads: tf.tensordot(w, g, 1)))
   norms = tf.sqrt(tf.add_n(squares))
-  weights = mask[::microbatch_size] * _clip_weights(norms,
-                                                    _clip_norm(optimizer))
+  weights = mask[::microbatch_size] * _clip_weights(norms, clip)
 
   sums = {v.ref(): tf.reshape(weighted_sum(weights), v.shape)
           for v, weighted_sum in weighted_sums}
@@ -415,84 +429,31 @@ def _choose_engine(engine: str, critic: keras.Model,
   return engine, layers
 
 
-def dp_gradients(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
-                 records, microbatch_size: int, expected_microbatches: float,
+def clipped_sums(engine: str, clip: tf.Tensor, loss_fn: LossFn,
+                 model: keras.Model, records, microbatch_size: int,
                  chunk_size: int = 128, loss_differentiates_inputs=False):
-  """Noised average gradient of the critic's variables, and microbatch norms.
+  """Sums of the clipped per-microbatch gradients over every replica's
+  records, and this replica's unclipped microbatch norms (a non-private
+  diagnostic), by the ghost or vectorized engine.
 
-  The norms are a non-private diagnostic (the fraction clipped); the
-  jacobian engine does not expose them and returns an empty vector.
   `loss_differentiates_inputs` (a gradient penalty) makes the ghost engine
   fall back to vectorized (see module doc).
   """
-  if engine not in GRAD_ENGINES:
-    raise ValueError(f'--grad_engine={engine!r}: choose one of '
-                     f'{GRAD_ENGINES}.')
-  engine, layers = _choose_engine(engine, critic, loss_differentiates_inputs)
-  variables = critic.trainable_variables
-  expected = tf.cast(expected_microbatches, tf.float32)
-  if engine == 'jacobian':
-    used = _batch_size(records) // microbatch_size
-
-    def jacobian_gradients():
-      with tf.GradientTape() as tape:
-        losses = loss_fn(records)
-      grads_and_vars = optimizer._compute_gradients(  # pylint: disable=protected-access
-          losses, list(variables), tape=tape)
-      # The optimizer divides by the microbatches it was given; rescale to
-      # the expected count so all engines apply the same update.
-      return [g * tf.cast(used, tf.float32) / expected
-              for g, _ in grads_and_vars]
-
-    # The optimizer cannot take an empty Poisson batch (its jacobian fails
-    # on zero rows); the mechanism's output is then the noise alone.
-    noise_alone = lambda: _noised_mean(
-        optimizer, [tf.zeros_like(v) for v in variables], expected)
-    return tf.cond(used > 0, jacobian_gradients, noise_alone), tf.zeros([0])
-  sums, norms = _global_clipped_sums(engine, layers, optimizer, loss_fn,
-                                     variables, records, microbatch_size,
-                                     chunk_size)
-  # Each replica clipped its own examples; noise is added once, to the
-  # global sum (every replica draws the same noise from the same seed).
-  return _noised_mean(optimizer, sums, expected), norms
-
-
-def clipped_mean(engine: str, optimizer, loss_fn: LossFn, critic: keras.Model,
-                 records, microbatch_size: int, expected_microbatches: float,
-                 chunk_size: int = 128):
-  """Like dp_gradients without the noise: for records that read no private
-  data (the public fakes of gan.py). They need neither clipping nor noise
-  for privacy; clipping them at the same C keeps their half of the critic's
-  gradient on the scale of the private half. Returns (mean, norms)."""
   if engine not in ('ghost', 'vectorized'):
-    raise ValueError(f'--grad_engine={engine!r}: public records are clipped '
-                     'by the ghost or vectorized engine only.')
-  engine, layers = _choose_engine(engine, critic, False)
-  sums, norms = _global_clipped_sums(engine, layers, optimizer, loss_fn,
-                                     critic.trainable_variables, records,
-                                     microbatch_size, chunk_size)
-  expected = tf.cast(expected_microbatches, tf.float32)
-  return [g / expected for g in sums], norms
-
-
-def _global_clipped_sums(engine, layers, optimizer, loss_fn, variables,
-                         records, microbatch_size, chunk_size):
-  """Clipped sums over every replica's records, and this replica's norms."""
+    raise ValueError(f'--grad_engine={engine!r}: per-record clipping outside '
+                     'the DP optimizer takes ghost or vectorized.')
+  engine, layers = _choose_engine(engine, model, loss_differentiates_inputs)
+  variables = model.trainable_variables
+  clip = tf.cast(clip, tf.float32)
   if engine == 'ghost':
-    sums, norms = clipped_sum_ghost(optimizer, loss_fn, layers, variables,
-                                    records, microbatch_size)
+    sums, norms = clipped_sum_ghost(clip, loss_fn, layers, variables, records,
+                                    microbatch_size)
   else:
-    sums, norms = clipped_sum_vectorized(optimizer, loss_fn, variables,
-                                         records, microbatch_size, chunk_size)
+    sums, norms = clipped_sum_vectorized(clip, loss_fn, variables, records,
+                                         microbatch_size, chunk_size)
+  # Each replica clipped its own examples; the caller noises the global sum
+  # once (every replica draws the same noise from the same seed).
   ctx = tf.distribute.get_replica_context()
   if ctx is not None and ctx.num_replicas_in_sync > 1:
     sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
   return sums, norms
-
-
-def _noised_mean(optimizer, sums, expected: tf.Tensor):
-  """Clipped sums noised by the optimizer's own query, over `expected`."""
-  optimizer._was_dp_gradients_called = True  # pylint: disable=protected-access
-  noised, _, _ = optimizer._dp_sum_query.get_noised_result(  # pylint: disable=protected-access
-      sums, optimizer._global_state)  # pylint: disable=protected-access
-  return [g / expected for g in noised]

@@ -23,8 +23,10 @@ All randomness is stateless and keyed by (seed, stream, step counter): a run
 resumed from a checkpoint continues with exactly the noise an uninterrupted
 run would have drawn, and no noise is ever reused.
 
-Metrics: by default only quantities covered by the guarantee or computed
-without real data (generator loss, the critic's loss on fakes, epsilon).
+Metrics: by default only quantities computed from the DP-noised critic and
+public randomness: the generator loss, epsilon, and the critic's loss on
+fakes of uniformly drawn classes at the expected batch size (never on the
+fakes paired with the real batch, whose labels and count are private).
 Anything else read from real data (critic loss on the real batch, the
 Wasserstein estimate, clipping statistics, the realised batch size) is a
 non-private diagnostic, computed only when asked for and named `nonprivate_*`.
@@ -64,9 +66,8 @@ class ConditionalDPGAN(keras.Model):
 
   def __init__(self, generator, critic, ledger, *, num_classes, latent_dim,
                loss='hinge', n_critic=1, n_generator=1, gp_weight=10.0,
-               critic_weight_clip=0.0, grad_engine='ghost',
-               microbatch_size=1, expected_batch_size=64, seed=0,
-               chunk_size=128, nonprivate_diagnostics=False,
+               critic_weight_clip=0.0, microbatch_size=1,
+               expected_batch_size=64, seed=0, nonprivate_diagnostics=False,
                ema_generator=None, ema_decay=0.0, fake_gradient='paired',
                **kwargs):
     super().__init__(**kwargs)
@@ -83,10 +84,8 @@ class ConditionalDPGAN(keras.Model):
     self.n_generator = n_generator
     self.gp_weight = gp_weight
     self.critic_weight_clip = critic_weight_clip
-    self.grad_engine = grad_engine
     self.microbatch_size = microbatch_size
     self.expected_batch_size = expected_batch_size
-    self.chunk_size = chunk_size
     self.nonprivate_diagnostics = nonprivate_diagnostics
     self.ema_generator = ema_generator
     self.ema_decay = ema_decay
@@ -176,7 +175,8 @@ class ConditionalDPGAN(keras.Model):
         records['labels'], records['interpolation'], self.gp_weight)
 
   def public_fakes(self, critic_step):
-    """This replica's share of the public fakes (see module doc)."""
+    """This replica's share of the public fakes (see module doc); the
+    critic's default loss metric is taken on them in either mode."""
     fake_labels, noise, _ = self._generator_inputs(
         _FAKE_LABELS, _FAKE_NOISE, critic_step)
     fake = tf.stop_gradient(self.generator([noise, fake_labels],
@@ -193,58 +193,62 @@ class ConditionalDPGAN(keras.Model):
     step = self.ledger.critic_steps
     records = self.critic_records(images, labels, step)
     self.noise_seed.assign(self._key(_DP_NOISE, step))
-    variables = self.critic.trainable_variables
-    grads, norms = dp_gradients.dp_gradients(
-        self.grad_engine, self.d_optimizer, self.record_losses, self.critic,
-        records, self.microbatch_size,
-        self.expected_batch_size / self.microbatch_size, self.chunk_size,
-        loss_differentiates_inputs=self.loss_type == 'wgan_gp')
-    if self.fake_gradient == 'public':
-      fakes = self.public_fakes(step)
-      fake_grads, _ = dp_gradients.clipped_mean(
-          self.grad_engine, self.d_optimizer, self.public_fake_losses,
-          self.critic, fakes, 1, self.expected_batch_size, self.chunk_size)
-      grads = [g + f for g, f in zip(grads, fake_grads)]
-    self.d_optimizer.apply_gradients(zip(grads, variables),
-                                     experimental_aggregate_gradients=False)
+    fakes = self.public_fakes(step)
+    self.d_optimizer.minimize(self.private_loss(records, fakes),
+                              self.critic.trainable_variables)
     if self.critic_weight_clip > 0:
       self._clip_critic_weights()
     # Once per global step, whether or not the ledger is replicated.
     tf.distribute.get_replica_context().merge_call(
         lambda _: self.ledger.critic_steps.assign_add(1))
-
-    # The metrics run the critic on at least one row and drop the padding:
-    # oneDNN's convolutions fail on an empty batch (a Poisson batch, or a
-    # replica's slice of a small one, can be empty).
-    n = tf.shape(labels)[0]
-    padded, _ = dp_gradients.pad_to_multiple(records, 1)
-    if self.fake_gradient == 'public':
-      fake_scores = self.critic([fakes['fake'], fakes['labels']],
-                                training=False)
-    else:
-      fake_scores = self.critic([padded['fake'], padded['labels']],
-                                training=False)[:n]
+    fake_scores = self.critic([fakes['fake'], fakes['labels']],
+                              training=False)
     fake_loss = self._global_mean(losses.fake_terms(self.loss_type,
                                                     fake_scores))
     metrics = {'critic_loss_fake': fake_loss}
     if self.nonprivate_diagnostics:
-      real_scores = self.critic([padded['real'], padded['labels']],
-                                training=False)[:n]
-      record_loss = self._global_mean(self.record_losses(padded)[:n])
-      metrics.update({
-          # The records' loss, plus the public fakes' term if they are apart.
-          'nonprivate_critic_loss': record_loss + (
-              fake_loss if self.fake_gradient == 'public' else 0.0),
-          'nonprivate_wasserstein_estimate': (self._global_mean(real_scores) -
-                                              self._global_mean(fake_scores)),
-          'nonprivate_batch_size': self._sum_over_replicas(
-              tf.cast(n, tf.float32)),
-      })
-      if self.grad_engine != 'jacobian':
-        clip = self.d_optimizer._dp_sum_query._l2_norm_clip  # pylint: disable=protected-access
-        metrics['nonprivate_clipped_fraction'] = self._global_mean(
-            tf.cast(norms > clip, tf.float32))
-        metrics['nonprivate_mean_grad_norm'] = self._global_mean(norms)
+      metrics.update(self._nonprivate_metrics(records, labels, fake_loss,
+                                              fake_scores))
+    return metrics
+
+  def private_loss(self, records, fakes) -> dp_gradients.PrivateLoss:
+    """The critic's loss as its DP optimizer takes it (dp_gradients)."""
+    public = {}
+    if self.fake_gradient == 'public':
+      public = dict(public_loss_fn=self.public_fake_losses,
+                    public_records=fakes,
+                    expected_public_records=float(self.expected_batch_size))
+    return dp_gradients.PrivateLoss(
+        self.record_losses, records, self.critic, self.microbatch_size,
+        self.expected_batch_size / self.microbatch_size,
+        differentiates_inputs=self.loss_type == 'wgan_gp', **public)
+
+  def _nonprivate_metrics(self, records, labels, fake_loss, fake_scores):
+    """Statistics of the real batch, outside the guarantee (opt-in).
+
+    The critic runs on at least one row and the padding is dropped: oneDNN's
+    convolutions fail on an empty batch (a Poisson batch, or a replica's
+    slice of a small one, can be empty).
+    """
+    n = tf.shape(labels)[0]
+    padded, _ = dp_gradients.pad_to_multiple(records, 1)
+    real_scores = self.critic([padded['real'], padded['labels']],
+                              training=False)[:n]
+    record_loss = self._global_mean(self.record_losses(padded)[:n])
+    metrics = {
+        # The records' loss, plus the public fakes' term if they are apart.
+        'nonprivate_critic_loss': record_loss + (
+            fake_loss if self.fake_gradient == 'public' else 0.0),
+        'nonprivate_wasserstein_estimate': (self._global_mean(real_scores) -
+                                            self._global_mean(fake_scores)),
+        'nonprivate_batch_size': self._sum_over_replicas(
+            tf.cast(n, tf.float32)),
+    }
+    if self.d_optimizer.grad_engine != 'jacobian':
+      norms = self.d_optimizer.record_norms
+      metrics['nonprivate_clipped_fraction'] = self._global_mean(
+          tf.cast(norms > self.d_optimizer.l2_norm_clip, tf.float32))
+      metrics['nonprivate_mean_grad_norm'] = self._global_mean(norms)
     return metrics
 
   def _clip_critic_weights(self):

@@ -30,7 +30,6 @@ import tensorflow as tf
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import networks
-from dpgan_tf import training
 
 TF_PRIVACY = 'tensorflow-empirical-privacy'
 BUILTIN = 'builtin-threshold'
@@ -43,7 +42,7 @@ class MembershipError(ValueError):
 
 def read_run_config(model_dir: str, spec: data_lib.DatasetSpec) -> dict:
   """run_config.json of the run; checks it trained on `spec`'s dataset."""
-  path = os.path.join(model_dir, training.RUN_CONFIG_FILE)
+  path = os.path.join(model_dir, config_lib.RUN_CONFIG_FILE)
   try:
     with open(path) as f:
       run_config = json.load(f)

@@ -18,10 +18,9 @@ norm in generators.
 The generator doubles its resolution either with stride-2 transposed
 convolutions (DCGAN's way) or by nearest-neighbour resizing followed by a 3x3
 convolution ("resize-convolution", Odena et al., 2016), which cannot lay the
-uneven kernel overlaps that print checkerboard patterns. On MNIST at
-epsilon=1 it measured no better (README, Results): the speckle of the
-private samples there comes from the noisy critic, not from the upsampling,
-so transposed convolutions stay the default.
+uneven kernel overlaps that print checkerboard patterns. Transposed
+convolutions stay the default: the speckle of private samples comes from the
+noisy critic, not from the upsampling (docs/results.md).
 
 The critic can normalise each stride-2 convolution's output with layer norm
 over (H, W, C) of its own example (Ba et al., 2016; the critic normalisation

@@ -21,8 +21,10 @@ import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
 import numpy as np
 import tensorflow as tf
-import tensorflow_privacy
 from tensorflow_privacy.privacy.dp_query import gaussian_query
+from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+
+from dpgan_tf import dp_gradients
 
 ACCOUNTANT = 'rdp'
 SAMPLING_METHODS = ('poisson', 'shuffle')
@@ -225,20 +227,95 @@ class SeededGaussianSumQuery(gaussian_query.GaussianSumQuery):
     return tf.nest.pack_sequence_as(sample_state, noised), global_state, event
 
 
-def make_dp_critic_optimizer(l2_norm_clip: float, noise_multiplier: float,
-                             num_microbatches: Optional[int],
-                             noise_seed: tf.Variable,
-                             **adam_kwargs) -> tf.keras.optimizers.Optimizer:
-  """TF-Privacy's DPKerasAdamOptimizer, with a resumable noise source.
+def _already_global(grads_and_vars):
+  """The critic's gradients need no aggregation across replicas: the
+  engines all-reduce the clipped sums before noising, so every replica holds
+  the same global noised mean."""
+  return grads_and_vars
 
-  Built as `DPKerasAdamOptimizer(l2_norm_clip, noise_multiplier,
-  num_microbatches)`, then its Gaussian query is replaced by the seeded one
-  above (same clip and stddev).
+
+class DPCriticAdamOptimizer(dp_optimizer_keras.GenericDPAdamOptimizer):
+  """TF-Privacy's DPKerasAdamOptimizer whose gradient computation is one of
+  dp_gradients' per-example engines, with a resumable noise source.
+
+  `DPKerasAdamOptimizer(l2_norm_clip, noise_multiplier, num_microbatches)`
+  is this class's parent built on a GaussianSumQuery(C, sigma C); here the
+  query is the seeded one above (same clip and stddev). The critic update is
+  the documented `minimize(loss, var_list)`, with a
+  `dp_gradients.PrivateLoss` as the loss: `_compute_gradients` clips each
+  microbatch by the chosen engine, noises the sum once with the query and
+  divides by the expected number of microbatches. `jacobian` is the parent's
+  own `_compute_gradients`, kept as the reference; any other loss (a tensor
+  of per-microbatch losses with its tape, as in TF-Privacy's tutorials) goes
+  to the parent unchanged.
   """
-  optimizer = tensorflow_privacy.DPKerasAdamOptimizer(
-      l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-      num_microbatches=num_microbatches, **adam_kwargs)
-  optimizer._dp_sum_query = SeededGaussianSumQuery(  # pylint: disable=protected-access
-      l2_norm_clip, l2_norm_clip * noise_multiplier, noise_seed)
-  optimizer._global_state = optimizer._dp_sum_query.initial_global_state()  # pylint: disable=protected-access
-  return optimizer
+
+  def __init__(self, l2_norm_clip: float, noise_multiplier: float,
+               num_microbatches: Optional[int], noise_seed: tf.Variable,
+               grad_engine: str = 'ghost', chunk_size: int = 128,
+               **adam_kwargs):
+    if grad_engine not in dp_gradients.GRAD_ENGINES:
+      raise ValueError(f'--grad_engine={grad_engine!r}: choose one of '
+                       f'{dp_gradients.GRAD_ENGINES}.')
+    super().__init__(
+        SeededGaussianSumQuery(l2_norm_clip, l2_norm_clip * noise_multiplier,
+                               noise_seed),
+        num_microbatches, gradient_aggregator=_already_global, **adam_kwargs)
+    self.grad_engine = grad_engine
+    self.chunk_size = chunk_size
+    # The unclipped microbatch norms of the last gradient computation, for
+    # the opt-in non-private diagnostics (empty for jacobian).
+    self.record_norms = tf.zeros([0])
+
+  @property
+  def l2_norm_clip(self) -> tf.Tensor:
+    return tf.cast(self._dp_sum_query.derive_sample_params(self._global_state),
+                   tf.float32)
+
+  def _compute_gradients(self, loss, var_list, grad_loss=None, tape=None):
+    if not isinstance(loss, dp_gradients.PrivateLoss):
+      return super()._compute_gradients(loss, var_list, grad_loss, tape)
+    var_list = list(var_list)
+    if self.grad_engine == 'jacobian':
+      grads = self._jacobian_mean(loss, var_list)
+    else:
+      sums, self.record_norms = dp_gradients.clipped_sums(
+          self.grad_engine, self.l2_norm_clip, loss.loss_fn, loss.model,
+          loss.records, loss.microbatch_size, self.chunk_size,
+          loss.differentiates_inputs)
+      grads = self._noised_mean(sums, loss.expected_microbatches)
+    if loss.public_loss_fn is not None:
+      public, _ = dp_gradients.clipped_sums(
+          self.grad_engine, self.l2_norm_clip, loss.public_loss_fn,
+          loss.model, loss.public_records, 1, self.chunk_size)
+      grads = [g + p / loss.expected_public_records
+               for g, p in zip(grads, public)]
+    return list(zip(grads, var_list))
+
+  def _noised_mean(self, sums, expected_microbatches: float):
+    """The query's noised sum over the expected number of microbatches."""
+    self._was_dp_gradients_called = True
+    noised, self._global_state, _ = self._dp_sum_query.get_noised_result(
+        sums, self._global_state)
+    return [g / expected_microbatches for g in noised]
+
+  def _jacobian_mean(self, loss: dp_gradients.PrivateLoss, var_list):
+    """The parent's jacobian path, rescaled from the microbatches it was
+    given to the expected number. It cannot take an empty Poisson batch (its
+    jacobian fails on zero rows): the mechanism's output is then the noise
+    alone."""
+    records = loss.records
+    used = tf.shape(tf.nest.flatten(records)[0])[0] // loss.microbatch_size
+    expected = tf.cast(loss.expected_microbatches, tf.float32)
+
+    def jacobian():
+      with tf.GradientTape() as tape:
+        losses = loss.loss_fn(records)
+      grads_and_vars = super(DPCriticAdamOptimizer, self)._compute_gradients(
+          losses, var_list, tape=tape)
+      return [g * tf.cast(used, tf.float32) / expected
+              for g, _ in grads_and_vars]
+
+    noise_alone = lambda: self._noised_mean(
+        [tf.zeros_like(v) for v in var_list], expected)
+    return tf.cond(used > 0, jacobian, noise_alone)

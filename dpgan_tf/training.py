@@ -10,7 +10,6 @@ Order matters for the guarantee and for not losing work:
 """
 
 import dataclasses
-import json
 import math
 import os
 import secrets
@@ -31,9 +30,6 @@ from dpgan_tf import gan
 from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import sampling as sampling_lib
-
-RUN_CONFIG_FILE = 'run_config.json'
-
 
 class ResumeMismatch(ValueError):
   """A flag differs from the run being resumed; names the flag."""
@@ -87,18 +83,18 @@ def check_resume_generator_ema(c: config_lib.TrainConfig) -> None:
         f'{"> 0" if saved else "=0"}, or use a new --model_dir.')
 
 
-def check_resume_networks(c: config_lib.TrainConfig) -> None:
-  """The checkpoint's weights fit only the networks the run was started with:
-  names the flag that builds other ones, before anything is restored."""
-  path = os.path.join(c.model_dir, RUN_CONFIG_FILE)
-  if not os.path.exists(path):
+def check_resume_flags(c: config_lib.TrainConfig) -> None:
+  """Names the first flag that would make a resumed step compute something
+  else than the run it continues (config.RESUME_FREE_FLAGS), before
+  anything is restored."""
+  started = config_lib.read_run_config(c.model_dir)
+  if started is None:
     return
-  with open(path) as f:
-    started = json.load(f)
   _refuse_changes(c, {
       f'--{name}': (config_lib.started_with(started, name), getattr(c, name))
-      for name in config_lib.NETWORK_FLAGS
-  }, 'its checkpoint holds the weights of those networks only')
+      for name in config_lib.resume_checked_flags()
+  }, 'a resume replays the noise of the steps after the last checkpoint, so '
+     'it must compute what they computed')
 
 
 def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
@@ -150,13 +146,6 @@ def _refuse_changes(c: config_lib.TrainConfig, expected: dict,
           '--model_dir or the original value.')
 
 
-def _write_json_atomically(path: str, payload: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
                     spec: data_lib.DatasetSpec) -> dict:
   d = ledger.as_dict()
@@ -195,9 +184,10 @@ def make_optimizers(c: config_lib.TrainConfig, sigma: float,
   """
   num_microbatches = None if c.microbatch_size == 1 else c.num_microbatches
   critic_beta_1 = c.beta_1 if c.critic_beta_1 is None else c.critic_beta_1
-  critic_optimizer = privacy.make_dp_critic_optimizer(
-      c.l2_norm_clip, sigma, num_microbatches, noise_seed,
-      learning_rate=c.critic_lr, beta_1=critic_beta_1, beta_2=c.beta_2)
+  critic_optimizer = privacy.DPCriticAdamOptimizer(
+      c.l2_norm_clip, sigma, num_microbatches, noise_seed, c.grad_engine,
+      c.chunk_size, learning_rate=c.critic_lr, beta_1=critic_beta_1,
+      beta_2=c.beta_2)
   generator_optimizer = tf.keras.optimizers.legacy.Adam(
       c.generator_lr, beta_1=c.beta_1, beta_2=c.beta_2)
   return critic_optimizer, generator_optimizer
@@ -229,7 +219,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   if saved is not None:
     check_resume(c, saved.as_dict())
     check_resume_generator_ema(c)
-    check_resume_networks(c)
+    check_resume_flags(c)
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
@@ -281,8 +271,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         latent_dim=c.latent_dim, loss=c.loss, n_critic=c.n_critic,
         n_generator=c.n_generator,
         gp_weight=c.gp_weight, critic_weight_clip=c.critic_weight_clip,
-        grad_engine=c.grad_engine, microbatch_size=c.microbatch_size,
-        expected_batch_size=c.batch_size, seed=seed, chunk_size=c.chunk_size,
+        microbatch_size=c.microbatch_size, expected_batch_size=c.batch_size,
+        seed=seed,
         nonprivate_diagnostics=c.nonprivate_diagnostics,
         ema_generator=ema_generator, ema_decay=c.generator_ema,
         fake_gradient=c.fake_gradient)
@@ -301,8 +291,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     logging.info('Resumed from %s', latest_checkpoint)
   elif chief:
     os.makedirs(c.model_dir, exist_ok=True)
-    _write_json_atomically(os.path.join(c.model_dir, RUN_CONFIG_FILE),
-                           dataclasses.asdict(c) | {'seed': None})
+    config_lib.write_run_config(c)
   seed = int(model.seed.numpy())
   done = int(model.generator_steps.numpy())
   if int(ledger.critic_steps.numpy()) != done * c.n_critic:
@@ -319,7 +308,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   if chief:
     cbs.append(callbacks_lib.TensorBoardMonitor(
         os.path.join(c.model_dir, 'train'), spec.num_classes, c.latent_dim,
-        c.batch_size * c.n_critic, c.sample_every))
+        c.batch_size * c.n_critic, c.sample_every, c.log_every))
   logging.info('Privacy plan: sigma=%.4g q=%.4g delta=%g, %d critic steps '
                '(%d planned), %s sampling, target epsilon=%s', sigma, q,
                c.delta, total_generator_steps * c.n_critic,

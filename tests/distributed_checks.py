@@ -68,12 +68,12 @@ def fit(strategy, engine, noise_multiplier, weights):
     model = gan.ConditionalDPGAN(
         generator, critic, ledger, num_classes=NUM_CLASSES,
         latent_dim=LATENT_DIM, loss='wasserstein', critic_weight_clip=0.05,
-        grad_engine=engine, expected_batch_size=EXPECTED_BATCH, seed=7,
-        chunk_size=4, nonprivate_diagnostics=True)
+        expected_batch_size=EXPECTED_BATCH, seed=7,
+        nonprivate_diagnostics=True)
     model.compile(
-        d_optimizer=privacy.make_dp_critic_optimizer(
-            CLIP, noise_multiplier, None, model.noise_seed,
-            learning_rate=1e-2, beta_1=0.0, epsilon=1.0),
+        d_optimizer=privacy.DPCriticAdamOptimizer(
+            CLIP, noise_multiplier, None, model.noise_seed, engine,
+            chunk_size=4, learning_rate=1e-2, beta_1=0.0, epsilon=1.0),
         g_optimizer=tf.keras.optimizers.legacy.Adam(1e-2, epsilon=1.0))
   model.fit(dataset(), epochs=1, steps_per_epoch=len(BATCH_SIZES), verbose=0)
   return model

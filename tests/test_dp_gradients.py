@@ -40,9 +40,24 @@ def loss_fn(loss, critic):
   return lambda records: losses.critic_losses(loss, critic, *records)
 
 
-def make_optimizer(clip, sigma=0.0, num_microbatches=None, seed=(0, 0)):
-  return privacy.make_dp_critic_optimizer(
-      clip, sigma, num_microbatches, tf.Variable(seed, dtype=tf.int64))
+def make_optimizer(clip, sigma=0.0, num_microbatches=None, seed=(0, 0),
+                   engine='ghost', chunk_size=128):
+  return privacy.DPCriticAdamOptimizer(
+      clip, sigma, num_microbatches, tf.Variable(seed, dtype=tf.int64), engine,
+      chunk_size)
+
+
+def optimizer_gradients(optimizer, private_loss):
+  """The gradients the DP optimizer's minimize() would apply."""
+  return [g for g, _ in optimizer._compute_gradients(  # pylint: disable=protected-access
+      private_loss, private_loss.model.trainable_variables)]
+
+
+def private_loss(critic, records, loss='hinge', microbatch_size=1,
+                 expected=EXPECTED, **public):
+  return dp_gradients.PrivateLoss(
+      loss_fn(loss, critic), records, critic, microbatch_size, expected,
+      differentiates_inputs=loss == 'wgan_gp', **public)
 
 
 def private_gradients(engine, critic, records, loss='hinge', clip=1.0,
@@ -52,12 +67,11 @@ def private_gradients(engine, critic, records, loss='hinge', clip=1.0,
   batch = int(records[0].shape[0])
   optimizer = make_optimizer(
       clip, sigma,
-      batch // microbatch_size if engine == 'jacobian' else None, seed)
-  grads, norms = dp_gradients.dp_gradients(
-      engine, optimizer, loss_fn(loss, critic), critic, records,
-      microbatch_size, expected, chunk_size,
-      loss_differentiates_inputs=loss == 'wgan_gp')
-  return [g.numpy() for g in grads], norms.numpy()
+      batch // microbatch_size if engine == 'jacobian' else None, seed,
+      engine, chunk_size)
+  grads = optimizer_gradients(optimizer, private_loss(
+      critic, records, loss, microbatch_size, expected))
+  return [g.numpy() for g in grads], optimizer.record_norms.numpy()
 
 
 def per_record_gradients(critic, records, loss='hinge'):
@@ -224,15 +238,13 @@ def test_noise_std_is_sigma_times_clip(critic):
 @pytest.mark.parametrize('engine', ('ghost', 'vectorized'))
 def test_poisson_batch_sizes_in_one_graph(critic, engine):
   """One traced step serves every batch size, the empty batch included."""
-  optimizer = make_optimizer(0.05)
+  optimizer = make_optimizer(0.05, engine=engine, chunk_size=4)
   spec = tf.nest.map_structure(
       lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), make_records(1))
 
   @tf.function(input_signature=[spec])
   def step(records):
-    return dp_gradients.dp_gradients(engine, optimizer,
-                                     loss_fn('hinge', critic), critic,
-                                     records, 1, EXPECTED, chunk_size=4)[0]
+    return optimizer_gradients(optimizer, private_loss(critic, records))
 
   for n in (3, 6):
     records = make_records(n, seed=n)
@@ -247,10 +259,9 @@ def test_poisson_batch_sizes_in_one_graph(critic, engine):
 def test_empty_poisson_batch_is_noise_alone(critic):
   """No example, same noise from every engine: the update is still private."""
   def empty_batch_update(engine):
-    optimizer = make_optimizer(0.5, 2.0, None, (3, 4))
-    update = tf.function(lambda records: dp_gradients.dp_gradients(
-        engine, optimizer, loss_fn('hinge', critic), critic, records, 1,
-        EXPECTED)[0])  # Compiled, as in training.
+    optimizer = make_optimizer(0.5, 2.0, None, (3, 4), engine)
+    update = tf.function(lambda records: optimizer_gradients(
+        optimizer, private_loss(critic, records)))  # Compiled, as in training.
     return [g.numpy() for g in update(make_records(0))]
 
   noise = empty_batch_update('ghost')
@@ -294,9 +305,11 @@ def test_unknown_engine_is_rejected(critic):
 
 
 @pytest.mark.parametrize('engine', ['ghost', 'vectorized'])
-def test_clipped_mean_clips_like_the_query_and_adds_no_noise(critic, engine):
+def test_public_records_are_clipped_like_the_query_and_not_noised(critic,
+                                                                   engine):
   """Public records (gan.py's public fakes): clipped at C, never noised, even
-  by an optimizer whose query noises."""
+  by an optimizer whose query noises; added to the private records' noised
+  mean."""
   records = make_records(BATCH)
   fake_terms = lambda r: losses.fake_terms('hinge',
                                            critic([r[1], r[2]], training=True))
@@ -307,16 +320,51 @@ def test_clipped_mean_clips_like_the_query_and_adds_no_noise(critic, engine):
           lambda t, i=i: t[i:i + 1], records)))
     grads = tape.gradient(value, critic.trainable_variables)
     scale = min(1.0, 0.5 / global_norm(grads))
-    expected = [e + scale * g / EXPECTED for e, g in zip(expected, grads)]
-  means, norms = dp_gradients.clipped_mean(
-      engine, make_optimizer(0.5, sigma=5.0), fake_terms, critic, records, 1,
-      EXPECTED)
-  assert norms.shape == (BATCH,)
-  assert_grads_close([m.numpy() for m in means],
-                     [e.numpy() for e in expected])
+    expected = [e + scale * g / 2 / EXPECTED for e, g in zip(expected, grads)]
+  private = make_records(3, seed=1)
+  noised_alone = optimizer_gradients(
+      make_optimizer(0.5, 5.0, seed=(1, 2), engine=engine),
+      private_loss(critic, private))
+  with_public = optimizer_gradients(
+      make_optimizer(0.5, 5.0, seed=(1, 2), engine=engine),
+      private_loss(critic, private, public_loss_fn=fake_terms,
+                   public_records=records,
+                   expected_public_records=2 * EXPECTED))
+  assert_grads_close([(w - n).numpy() for w, n in zip(with_public,
+                                                      noised_alone)],
+                     [e.numpy() for e in expected], atol=1e-5)
 
 
-def test_clipped_mean_refuses_the_jacobian_engine(critic):
+def test_clipping_outside_the_optimizer_refuses_the_jacobian_engine(critic):
   with pytest.raises(ValueError, match='--grad_engine=.jacobian.'):
-    dp_gradients.clipped_mean('jacobian', make_optimizer(1.0), None, critic,
-                              make_records(2), 1, EXPECTED)
+    dp_gradients.clipped_sums('jacobian', 1.0, None, critic,
+                              make_records(2), 1)
+
+
+def test_critic_update_is_the_optimizers_minimize_and_its_own_gradients(
+    critic, monkeypatch):
+  """minimize() with a PrivateLoss goes through the DP optimizer's own
+  _compute_gradients, which marks the DP gradients as computed: no caller
+  sets the parent's flag, and apply_gradients alone still fails its assert."""
+  calls = []
+  original = privacy.DPCriticAdamOptimizer._compute_gradients  # pylint: disable=protected-access
+
+  def counting(self, loss, var_list, grad_loss=None, tape=None):
+    calls.append(type(loss))
+    return original(self, loss, var_list, grad_loss, tape)
+
+  monkeypatch.setattr(privacy.DPCriticAdamOptimizer, '_compute_gradients',
+                      counting)
+  variables = critic.trainable_variables
+  before = [v.numpy() for v in variables]
+  optimizer = make_optimizer(1.0, 1.0, engine='ghost')
+  optimizer.learning_rate = 1e-3
+  assert not optimizer._was_dp_gradients_called  # pylint: disable=protected-access
+  with pytest.raises(AssertionError, match='not differentially private'):
+    optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables],
+                                  variables))
+  optimizer.minimize(private_loss(critic, make_records(BATCH)), variables)
+  assert calls == [dp_gradients.PrivateLoss]
+  assert any(np.any(v.numpy() != b) for v, b in zip(variables, before))
+  for v, b in zip(variables, before):
+    v.assign(b)

@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_privacy
 
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
 from dpgan_tf import membership
 from dpgan_tf import networks
+from dpgan_tf import privacy
 
 SPEC = data_lib.DATASETS['fashion_mnist']
 
@@ -77,9 +77,10 @@ def _train_critic(members, fake_pool, private: bool, steps: int = 100,
   tf.keras.utils.set_random_seed(seed)
   critic = networks.build_critic(SPEC.image_shape, SPEC.num_classes, width=8)
   batch = 32
+  noise_seed = tf.Variable([seed, 0], dtype=tf.int64)
   if private:
-    optimizer = tensorflow_privacy.DPKerasAdamOptimizer(
-        l2_norm_clip=0.1, noise_multiplier=2.0, learning_rate=1e-3)
+    optimizer = privacy.DPCriticAdamOptimizer(0.1, 2.0, None, noise_seed,
+                                              'ghost', learning_rate=1e-3)
   else:
     optimizer = tf.keras.optimizers.legacy.Adam(1e-3)
   real_x = data_lib.to_model_range(members.images)
@@ -97,17 +98,18 @@ def _train_critic(members, fake_pool, private: bool, steps: int = 100,
                tf.gather(fake_x, fake_idx),
                tf.gather(fake_pool.labels, fake_idx))
     if private:
-      grads, _ = dp_gradients.dp_gradients(
-          'ghost', optimizer, per_record_loss, critic, records,
-          microbatch_size=1, expected_microbatches=batch)
+      loss = dp_gradients.PrivateLoss(per_record_loss, records, critic, 1,
+                                      batch)
+      optimizer.minimize(loss, critic.trainable_variables)
     else:
       with tf.GradientTape() as tape:
         loss = tf.reduce_mean(per_record_loss(records))
       grads = tape.gradient(loss, critic.trainable_variables)
-    optimizer.apply_gradients(zip(grads, critic.trainable_variables))
+      optimizer.apply_gradients(zip(grads, critic.trainable_variables))
 
   rng = np.random.default_rng(seed)
-  for _ in range(steps):
+  for step_number in range(steps):
+    noise_seed.assign([seed, step_number])  # Fresh noise every step.
     step(rng.integers(len(members), size=batch),
          rng.integers(len(fake_pool), size=batch))
   return critic

@@ -132,8 +132,8 @@ def test_seeded_query_noise_is_keyed_by_the_seed_only():
 
 def test_dp_optimizer_uses_the_seeded_query_with_same_clip_and_stddev():
   seed = tf.Variable([0, 0], dtype=tf.int64)
-  opt = privacy.make_dp_critic_optimizer(1.5, 0.8, None, seed,
-                                         learning_rate=1e-3)
+  opt = privacy.DPCriticAdamOptimizer(1.5, 0.8, None, seed,
+                                      learning_rate=1e-3)
   query = opt._dp_sum_query  # pylint: disable=protected-access
   assert isinstance(query, privacy.SeededGaussianSumQuery)
   assert isinstance(query, gaussian_query.GaussianSumQuery)

@@ -145,7 +145,7 @@ _BAD_VALUES = [
     (dict(target_epsilon=-1.0), '--target_epsilon=-1.0 must be > 0'),
     (dict(delta=0.0), '--delta=0.0 must be in'),
     (dict(delta=0.01), '--delta: the run in'),
-    (dict(batch_size=1000), '--batch_size=1000 is larger than the training'),
+    (dict(batch_size=1000), '--batch_size: the run in'),
     (dict(batch_size=0), '--batch_size=0 must be >= 1'),
     (dict(num_microbatches=5, sampling='shuffle'),
      '--num_microbatches=5 must divide --batch_size=32'),
@@ -192,6 +192,13 @@ def test_delta_must_be_below_one_over_n(tmp_path, tfds_dir):
     with pytest.raises(ValueError, match=re.escape(
         f'--delta={delta} must be below 1/N = 0.00391 (N=256')):
       training.train(tiny_config(tmp_path, tfds_dir, delta=delta))
+  assert not (tmp_path / 'model').exists()
+
+
+def test_batch_larger_than_the_data_is_refused(tmp_path, tfds_dir):
+  with pytest.raises(ValueError, match=re.escape(
+      '--batch_size=1000 is larger than the training set (256 examples)')):
+    training.train(tiny_config(tmp_path, tfds_dir, batch_size=1000))
   assert not (tmp_path / 'model').exists()
 
 
