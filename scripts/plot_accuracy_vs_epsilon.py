@@ -7,8 +7,10 @@ real examples) is drawn dashed. Published numbers can be drawn next to them
 with --anchor. All reports must be of one dataset and one eval split, or the
 points would not be comparable.
 
-  python scripts/plot_accuracy_vs_epsilon.py --output=results/curve.png \
+  python scripts/plot_accuracy_vs_epsilon.py --output=curve.png \
     --reports=a.json,b.json --anchor='DP-GAN (DPImageBench)=1:71.8,10:70.3'
+
+results/curves/command.txt is the command that drew the committed curve.
 """
 
 import json

@@ -1,8 +1,8 @@
 """The export as TF Serving and TensorFlow's own tools see it.
 
 saved_model_cli shows and runs the signatures; the REST request bodies in
-docs/serving_requests/ (the files the README shows) are converted to tensors
-as TF Serving converts JSON and answered by the SavedModel, loaded in a
+docs/serving_requests/ (the files docs/serving.md shows) are converted to
+tensors as TF Serving converts JSON and answered by the SavedModel, loaded in a
 fresh process that never imports this project; the export's files are
 checked for anything but the generator.
 """
