@@ -46,6 +46,8 @@ updates of a single-device run. Metrics are global means, identical on every
 replica, so Keras reports the first replica's.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from dpgan_tf import data as data_lib
@@ -61,15 +63,35 @@ keras = tf.keras
 FAKE_GRADIENTS = ('paired', 'public')
 
 
+@dataclasses.dataclass(frozen=True)
+class GANOptions:
+  """How a ConditionalDPGAN trains, apart from its networks, ledger and seed
+  (training.gan_options builds it from the flags)."""
+  num_classes: int
+  latent_dim: int
+  loss: str = 'hinge'
+  n_critic: int = 1
+  n_generator: int = 1
+  gp_weight: float = 10.0
+  critic_weight_clip: float = 0.0
+  microbatch_size: int = 1
+  expected_batch_size: int = 64
+  fake_gradient: str = 'paired'
+  # Decay of the generator's moving average, if the model keeps one.
+  ema_decay: float = 0.0
+  nonprivate_diagnostics: bool = False
+
+  def __post_init__(self):
+    if self.fake_gradient not in FAKE_GRADIENTS:
+      raise ValueError(f'--fake_gradient={self.fake_gradient!r}: choose one '
+                       f'of {FAKE_GRADIENTS}.')
+
+
 class ConditionalDPGAN(keras.Model):
   """Generator + critic trained with a DP critic optimizer."""
 
-  def __init__(self, generator, critic, ledger, *, num_classes, latent_dim,
-               loss='hinge', n_critic=1, n_generator=1, gp_weight=10.0,
-               critic_weight_clip=0.0, microbatch_size=1,
-               expected_batch_size=64, seed=0, nonprivate_diagnostics=False,
-               ema_generator=None, ema_decay=0.0, fake_gradient='paired',
-               **kwargs):
+  def __init__(self, generator, critic, ledger, options: GANOptions, *,
+               seed=0, ema_generator=None, **kwargs):
     super().__init__(**kwargs)
     # Every replica returns the global metrics (see module doc); Keras's
     # default would sum them over replicas.
@@ -77,22 +99,8 @@ class ConditionalDPGAN(keras.Model):
     self.generator = generator
     self.critic = critic
     self.ledger = ledger
-    self.num_classes = num_classes
-    self.latent_dim = latent_dim
-    self.loss_type = loss
-    self.n_critic = n_critic
-    self.n_generator = n_generator
-    self.gp_weight = gp_weight
-    self.critic_weight_clip = critic_weight_clip
-    self.microbatch_size = microbatch_size
-    self.expected_batch_size = expected_batch_size
-    self.nonprivate_diagnostics = nonprivate_diagnostics
+    self.options = options
     self.ema_generator = ema_generator
-    self.ema_decay = ema_decay
-    if fake_gradient not in FAKE_GRADIENTS:
-      raise ValueError(f'--fake_gradient={fake_gradient!r}: choose one of '
-                       f'{FAKE_GRADIENTS}.')
-    self.fake_gradient = fake_gradient
     # Counters are written identically by every replica.
     same = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self.seed = tf.Variable(seed, dtype=tf.int64, trainable=False)
@@ -103,10 +111,10 @@ class ConditionalDPGAN(keras.Model):
     self.noise_seed = tf.Variable([0, 0], dtype=tf.int64, trainable=False,
                                   aggregation=same)
 
-  def compile(self, d_optimizer, g_optimizer, **kwargs):
+  def compile(self, critic_optimizer, generator_optimizer, **kwargs):
     super().compile(**kwargs)
-    self.d_optimizer = d_optimizer
-    self.g_optimizer = g_optimizer
+    self.critic_optimizer = critic_optimizer
+    self.generator_optimizer = generator_optimizer
 
   @property
   def sampling_generator(self) -> keras.Model:
@@ -152,13 +160,13 @@ class ConditionalDPGAN(keras.Model):
     """The private records: each real example, with (paired) a fake of its
     class and the gradient penalty's interpolation point."""
     records = {'real': data_lib.to_model_range(images), 'labels': labels}
-    if self.fake_gradient == 'public':
+    if self.options.fake_gradient == 'public':
       return records
     n = tf.shape(labels)[0]
     offset, total = self._global_rows(n)
     rows = lambda t: t[offset:offset + n]
     noise = rows(tf.random.stateless_normal(
-        [total, self.latent_dim], self._key(_FAKE_NOISE, critic_step)))
+        [total, self.options.latent_dim], self._key(_FAKE_NOISE, critic_step)))
     records['fake'] = tf.stop_gradient(
         self.generator([noise, labels], training=True))
     records['interpolation'] = rows(tf.random.stateless_uniform(
@@ -166,13 +174,13 @@ class ConditionalDPGAN(keras.Model):
     return records
 
   def record_losses(self, records):
-    if self.fake_gradient == 'public':
+    if self.options.fake_gradient == 'public':
       return losses.real_terms(
-          self.loss_type, self.critic([records['real'], records['labels']],
-                                      training=True))
+          self.options.loss,
+          self.critic([records['real'], records['labels']], training=True))
     return losses.critic_losses(
-        self.loss_type, self.critic, records['real'], records['fake'],
-        records['labels'], records['interpolation'], self.gp_weight)
+        self.options.loss, self.critic, records['real'], records['fake'],
+        records['labels'], records['interpolation'], self.options.gp_weight)
 
   def public_fakes(self, critic_step):
     """This replica's share of the public fakes (see module doc); the
@@ -185,8 +193,8 @@ class ConditionalDPGAN(keras.Model):
 
   def public_fake_losses(self, fakes):
     return losses.fake_terms(
-        self.loss_type, self.critic([fakes['fake'], fakes['labels']],
-                                    training=True))
+        self.options.loss,
+        self.critic([fakes['fake'], fakes['labels']], training=True))
 
   def critic_step(self, images, labels):
     """One private critic update on one real batch; returns its metrics."""
@@ -194,19 +202,19 @@ class ConditionalDPGAN(keras.Model):
     records = self.critic_records(images, labels, step)
     self.noise_seed.assign(self._key(_DP_NOISE, step))
     fakes = self.public_fakes(step)
-    self.d_optimizer.minimize(self.private_loss(records, fakes),
+    self.critic_optimizer.minimize(self.private_loss(records, fakes),
                               self.critic.trainable_variables)
-    if self.critic_weight_clip > 0:
+    if self.options.critic_weight_clip > 0:
       self._clip_critic_weights()
     # Once per global step, whether or not the ledger is replicated.
     tf.distribute.get_replica_context().merge_call(
         lambda _: self.ledger.critic_steps.assign_add(1))
     fake_scores = self.critic([fakes['fake'], fakes['labels']],
                               training=False)
-    fake_loss = self._global_mean(losses.fake_terms(self.loss_type,
+    fake_loss = self._global_mean(losses.fake_terms(self.options.loss,
                                                     fake_scores))
     metrics = {'critic_loss_fake': fake_loss}
-    if self.nonprivate_diagnostics:
+    if self.options.nonprivate_diagnostics:
       metrics.update(self._nonprivate_metrics(records, labels, fake_loss,
                                               fake_scores))
     return metrics
@@ -214,14 +222,14 @@ class ConditionalDPGAN(keras.Model):
   def private_loss(self, records, fakes) -> dp_gradients.PrivateLoss:
     """The critic's loss as its DP optimizer takes it (dp_gradients)."""
     public = {}
-    if self.fake_gradient == 'public':
+    if self.options.fake_gradient == 'public':
       public = dict(public_loss_fn=self.public_fake_losses,
-                    public_records=fakes,
-                    expected_public_records=float(self.expected_batch_size))
+                    public_records=fakes, expected_public_records=float(
+                        self.options.expected_batch_size))
     return dp_gradients.PrivateLoss(
-        self.record_losses, records, self.critic, self.microbatch_size,
-        self.expected_batch_size / self.microbatch_size,
-        differentiates_inputs=self.loss_type == 'wgan_gp', **public)
+        self.record_losses, records, self.critic, self.options.microbatch_size,
+        self.options.expected_batch_size / self.options.microbatch_size,
+        differentiates_inputs=self.options.loss == 'wgan_gp', **public)
 
   def _nonprivate_metrics(self, records, labels, fake_loss, fake_scores):
     """Statistics of the real batch, outside the guarantee (opt-in).
@@ -238,21 +246,21 @@ class ConditionalDPGAN(keras.Model):
     metrics = {
         # The records' loss, plus the public fakes' term if they are apart.
         'nonprivate_critic_loss': record_loss + (
-            fake_loss if self.fake_gradient == 'public' else 0.0),
+            fake_loss if self.options.fake_gradient == 'public' else 0.0),
         'nonprivate_wasserstein_estimate': (self._global_mean(real_scores) -
                                             self._global_mean(fake_scores)),
         'nonprivate_batch_size': self._sum_over_replicas(
             tf.cast(n, tf.float32)),
     }
-    if self.d_optimizer.grad_engine != 'jacobian':
-      norms = self.d_optimizer.record_norms
+    if self.critic_optimizer.grad_engine != 'jacobian':
+      norms = self.critic_optimizer.record_norms
       metrics['nonprivate_clipped_fraction'] = self._global_mean(
-          tf.cast(norms > self.d_optimizer.l2_norm_clip, tf.float32))
+          tf.cast(norms > self.critic_optimizer.l2_norm_clip, tf.float32))
       metrics['nonprivate_mean_grad_norm'] = self._global_mean(norms)
     return metrics
 
   def _clip_critic_weights(self):
-    c = self.critic_weight_clip
+    c = self.options.critic_weight_clip
     self._update_in_cross_replica(
         self.critic.trainable_variables,
         lambda var: tf.clip_by_value(var, -c, c))
@@ -262,7 +270,8 @@ class ConditionalDPGAN(keras.Model):
     after t generator updates (tf.train.ExponentialMovingAverage's warm-up),
     so that the random initialisation is forgotten within the first ones."""
     updates = tf.cast(updates, tf.float32)
-    decay = tf.minimum(self.ema_decay, (1.0 + updates) / (10.0 + updates))
+    decay = tf.minimum(self.options.ema_decay,
+                       (1.0 + updates) / (10.0 + updates))
     self._update_in_cross_replica(
         self.ema_generator.weights,
         lambda average, weight: decay * average + (1.0 - decay) * weight,
@@ -287,12 +296,12 @@ class ConditionalDPGAN(keras.Model):
     expected batch size, drawn from public randomness only, and the slice's
     fraction of the batch."""
     replica_id, replicas = self._replica()
-    size = max(self.expected_batch_size, replicas)
+    size = max(self.options.expected_batch_size, replicas)
     labels = tf.random.stateless_uniform(
-        [size], self._key(label_stream, counter), 0, self.num_classes,
+        [size], self._key(label_stream, counter), 0, self.options.num_classes,
         tf.int32)
     noise = tf.random.stateless_normal(
-        [size, self.latent_dim], self._key(noise_stream, counter))
+        [size, self.options.latent_dim], self._key(noise_stream, counter))
     begin = replica_id * size // replicas
     end = (replica_id + 1) * size // replicas
     fraction = tf.cast(end - begin, tf.float32) / size
@@ -310,7 +319,7 @@ class ConditionalDPGAN(keras.Model):
       # replicas' gradients.
       share = loss * fraction
     grads = tape.gradient(share, self.generator.trainable_variables)
-    self.g_optimizer.apply_gradients(zip(grads,
+    self.generator_optimizer.apply_gradients(zip(grads,
                                          self.generator.trainable_variables))
     if self.ema_generator is not None:
       self.update_generator_ema(update + 1)
@@ -321,9 +330,10 @@ class ConditionalDPGAN(keras.Model):
     per_step = [self.critic_step(images, labels) for images, labels in data]
     metrics = {k: tf.add_n([m[k] for m in per_step]) / len(per_step)
                for k in per_step[0]}
-    first = self.generator_steps * self.n_generator
+    first = self.generator_steps * self.options.n_generator
     generator_losses = [self.generator_update(first + i)
-                        for i in range(self.n_generator)]
+                        for i in range(self.options.n_generator)]
     self.generator_steps.assign_add(1)
-    metrics['generator_loss'] = tf.add_n(generator_losses) / self.n_generator
+    metrics['generator_loss'] = (tf.add_n(generator_losses) /
+                                 self.options.n_generator)
     return metrics

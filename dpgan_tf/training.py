@@ -59,12 +59,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def make_checkpoint(model: gan.ConditionalDPGAN) -> tf.train.Checkpoint:
   """Both networks, both optimizers, counters, RNG seed and the ledger (and
-  the generator's moving average, if kept)."""
+  the generator's moving average, if kept). The optimizers keep the keys
+  they had before their attributes were renamed, so older runs resume."""
   ema = {} if model.ema_generator is None else {
       'generator_ema': model.ema_generator}
   return tf.train.Checkpoint(
       generator=model.generator, critic=model.critic,
-      d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer,
+      d_optimizer=model.critic_optimizer, g_optimizer=model.generator_optimizer,
       ledger=model.ledger, generator_steps=model.generator_steps,
       seed=model.seed, **ema)
 
@@ -174,6 +175,16 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
   }
 
 
+def gan_options(c: config_lib.TrainConfig, num_classes: int) -> gan.GANOptions:
+  """The model's options: the flags of the same name, and the expected
+  batch size and moving-average decay the flags call otherwise."""
+  same = {f.name: getattr(c, f.name) for f in dataclasses.fields(gan.GANOptions)
+          if hasattr(c, f.name)}
+  return gan.GANOptions(num_classes=num_classes,
+                        expected_batch_size=c.batch_size,
+                        ema_decay=c.generator_ema, **same)
+
+
 def make_optimizers(c: config_lib.TrainConfig, sigma: float,
                     noise_seed: tf.Variable):
   """(critic's DP Adam, generator's Adam), as the flags set them.
@@ -267,15 +278,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
       ema_generator = tf.keras.models.clone_model(generator)
       ema_generator.set_weights(generator.get_weights())
     model = gan.ConditionalDPGAN(
-        generator, critic, ledger, num_classes=spec.num_classes,
-        latent_dim=c.latent_dim, loss=c.loss, n_critic=c.n_critic,
-        n_generator=c.n_generator,
-        gp_weight=c.gp_weight, critic_weight_clip=c.critic_weight_clip,
-        microbatch_size=c.microbatch_size, expected_batch_size=c.batch_size,
-        seed=seed,
-        nonprivate_diagnostics=c.nonprivate_diagnostics,
-        ema_generator=ema_generator, ema_decay=c.generator_ema,
-        fake_gradient=c.fake_gradient)
+        generator, critic, ledger, gan_options(c, spec.num_classes),
+        seed=seed, ema_generator=ema_generator)
     model.compile(*make_optimizers(c, sigma, model.noise_seed))
     checkpoint = make_checkpoint(model)
   # Every worker resumes from the chief's checkpoints (--model_dir on a

@@ -66,15 +66,15 @@ def fit(strategy, engine, noise_multiplier, weights):
     critic.set_weights(weights[1])
     # wasserstein with weight clipping also exercises the clip's update path.
     model = gan.ConditionalDPGAN(
-        generator, critic, ledger, num_classes=NUM_CLASSES,
-        latent_dim=LATENT_DIM, loss='wasserstein', critic_weight_clip=0.05,
-        expected_batch_size=EXPECTED_BATCH, seed=7,
-        nonprivate_diagnostics=True)
+        generator, critic, ledger, gan.GANOptions(
+            num_classes=NUM_CLASSES, latent_dim=LATENT_DIM, loss='wasserstein',
+            critic_weight_clip=0.05, expected_batch_size=EXPECTED_BATCH,
+            nonprivate_diagnostics=True), seed=7)
     model.compile(
-        d_optimizer=privacy.DPCriticAdamOptimizer(
+        critic_optimizer=privacy.DPCriticAdamOptimizer(
             CLIP, noise_multiplier, None, model.noise_seed, engine,
             chunk_size=4, learning_rate=1e-2, beta_1=0.0, epsilon=1.0),
-        g_optimizer=tf.keras.optimizers.legacy.Adam(1e-2, epsilon=1.0))
+        generator_optimizer=tf.keras.optimizers.legacy.Adam(1e-2, epsilon=1.0))
   model.fit(dataset(), epochs=1, steps_per_epoch=len(BATCH_SIZES), verbose=0)
   return model
 
@@ -91,7 +91,7 @@ def max_difference(a, b):
 
 def last_critic_gradients(model, strategy):
   """Per replica, the critic's last applied gradient (flat), from slot m."""
-  slots = [components(strategy, model.d_optimizer.get_slot(v, 'm'))
+  slots = [components(strategy, model.critic_optimizer.get_slot(v, 'm'))
            for v in model.critic.trainable_variables]
   return [np.concatenate([s[r].ravel() for s in slots])
           for r in range(len(slots[0]))]
@@ -112,7 +112,7 @@ def main():
 
   noise = last_critic_gradients(noisy, mirrored)
   # What one device adds at that step: the query's noise for the same seed.
-  optimizer = noisy.d_optimizer
+  optimizer = noisy.critic_optimizer
   one_device, _, _ = optimizer._dp_sum_query.get_noised_result(  # pylint: disable=protected-access
       [tf.zeros(v.shape) for v in noisy.critic.trainable_variables],
       optimizer._global_state)  # pylint: disable=protected-access

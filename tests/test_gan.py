@@ -12,6 +12,21 @@ from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import training
 
+SHAPE, CLASSES = (28, 28, 1), 10
+
+
+def build_generator():
+  return networks.build_generator(SHAPE, CLASSES, latent_dim=4, width=4)
+
+
+def make_model(generator=None, ema_generator=None, seed=0, **options):
+  """A ConditionalDPGAN of width-4 networks and a 4-dimensional latent."""
+  return gan.ConditionalDPGAN(
+      generator or build_generator(),
+      networks.build_critic(SHAPE, CLASSES, width=4), privacy.PrivacyLedger(),
+      gan.GANOptions(num_classes=CLASSES, latent_dim=4, **options), seed=seed,
+      ema_generator=ema_generator)
+
 
 @pytest.mark.parametrize('updates,decay,expected_decay', [
     (0, 0.99, 0.1),          # warm-up: (1 + 0) / (10 + 0)
@@ -20,13 +35,8 @@ from dpgan_tf import training
     (5000, 0.5, 0.5),
 ])
 def test_generator_ema_update_matches_numpy(updates, decay, expected_decay):
-  shape, classes = (28, 28, 1), 10
-  generator = networks.build_generator(shape, classes, latent_dim=4, width=4)
-  average = networks.build_generator(shape, classes, latent_dim=4, width=4)
-  model = gan.ConditionalDPGAN(
-      generator, networks.build_critic(shape, classes, width=4),
-      privacy.PrivacyLedger(), num_classes=classes, latent_dim=4,
-      ema_generator=average, ema_decay=decay)
+  generator, average = build_generator(), build_generator()
+  model = make_model(generator, average, ema_decay=decay)
   assert model.sampling_generator is average
   before = average.get_weights()
   weights = generator.get_weights()
@@ -40,26 +50,17 @@ def test_generator_ema_update_matches_numpy(updates, decay, expected_decay):
 
 
 def test_without_moving_average_the_last_iterate_is_sampled():
-  shape, classes = (28, 28, 1), 10
-  generator = networks.build_generator(shape, classes, latent_dim=4, width=4)
-  model = gan.ConditionalDPGAN(
-      generator, networks.build_critic(shape, classes, width=4),
-      privacy.PrivacyLedger(), num_classes=classes, latent_dim=4)
-  assert model.sampling_generator is generator
+  generator = build_generator()
+  assert make_model(generator).sampling_generator is generator
 
 
 @pytest.mark.parametrize('n_generator', [1, 3])
 def test_n_generator_updates_are_free_of_privacy_cost(n_generator):
   """A generator step makes n_critic privacy steps, n_generator updates."""
-  shape, classes = (28, 28, 1), 10
-  generator = networks.build_generator(shape, classes, latent_dim=4, width=4)
-  average = networks.build_generator(shape, classes, latent_dim=4, width=4)
+  generator, average = build_generator(), build_generator()
   average.set_weights(generator.get_weights())
-  model = gan.ConditionalDPGAN(
-      generator, networks.build_critic(shape, classes, width=4),
-      privacy.PrivacyLedger(), num_classes=classes, latent_dim=4,
-      n_critic=2, n_generator=n_generator, expected_batch_size=8,
-      ema_generator=average, ema_decay=0.5)
+  model = make_model(generator, average, n_critic=2, n_generator=n_generator,
+                     expected_batch_size=8, ema_decay=0.5)
   model.compile(*training.make_optimizers(
       config_lib.TrainConfig(), 1.0, model.noise_seed))
   images = tf.zeros([8, 28, 28, 1], tf.uint8)
@@ -67,8 +68,8 @@ def test_n_generator_updates_are_free_of_privacy_cost(n_generator):
   for _ in range(2):
     metrics = model.train_step(((images, labels), (images, labels)))
   assert int(model.ledger.critic_steps.numpy()) == 4
-  assert int(model.d_optimizer.iterations.numpy()) == 4
-  assert int(model.g_optimizer.iterations.numpy()) == 2 * n_generator
+  assert int(model.critic_optimizer.iterations.numpy()) == 4
+  assert int(model.generator_optimizer.iterations.numpy()) == 2 * n_generator
   assert int(model.generator_steps.numpy()) == 2
   assert np.isfinite(metrics['generator_loss'].numpy())
   # The average moved with the last update: (1 - 0.5) of the way.
@@ -80,16 +81,12 @@ def _critic_update(fake_gradient, images, labels, sigma=0.0, batch=8):
   """The critic gradient one critic_step applies (captured, not applied),
   and the model, always at critic step 0 with the same weights."""
   tf.keras.utils.set_random_seed(2)
-  shape, classes = (28, 28, 1), 10
-  model = gan.ConditionalDPGAN(
-      networks.build_generator(shape, classes, latent_dim=4, width=4),
-      networks.build_critic(shape, classes, width=4),
-      privacy.PrivacyLedger(), num_classes=classes, latent_dim=4,
-      expected_batch_size=batch, seed=5, fake_gradient=fake_gradient)
+  model = make_model(seed=5, expected_batch_size=batch,
+                     fake_gradient=fake_gradient)
   model.compile(*training.make_optimizers(
       config_lib.TrainConfig(l2_norm_clip=0.5), sigma, model.noise_seed))
   applied = []
-  model.d_optimizer.apply_gradients = (
+  model.critic_optimizer.apply_gradients = (
       lambda pairs, **_: applied.append([g.numpy() for g, _ in pairs]))
   model.critic_step(images, labels)
   return applied[0], model
@@ -158,10 +155,5 @@ def test_public_fakes_alone_drive_the_update_of_an_empty_batch():
 
 
 def test_unknown_fake_gradient_is_rejected():
-  shape, classes = (28, 28, 1), 10
   with pytest.raises(ValueError, match="--fake_gradient='mixed'"):
-    gan.ConditionalDPGAN(
-        networks.build_generator(shape, classes, latent_dim=4, width=4),
-        networks.build_critic(shape, classes, width=4),
-        privacy.PrivacyLedger(), num_classes=classes, latent_dim=4,
-        fake_gradient='mixed')
+    gan.GANOptions(num_classes=CLASSES, latent_dim=4, fake_gradient='mixed')

@@ -32,10 +32,10 @@ def _frozen_critic_model(fake_gradient):
   tf.keras.utils.set_random_seed(3)
   model = gan.ConditionalDPGAN(
       networks.build_generator(SHAPE, CLASSES, latent_dim=LATENT, width=4),
-      networks.build_critic(SHAPE, CLASSES, width=4),
-      privacy.PrivacyLedger(), num_classes=CLASSES, latent_dim=LATENT,
-      expected_batch_size=8, seed=5, fake_gradient=fake_gradient,
-      nonprivate_diagnostics=True)
+      networks.build_critic(SHAPE, CLASSES, width=4), privacy.PrivacyLedger(),
+      gan.GANOptions(num_classes=CLASSES, latent_dim=LATENT,
+                     expected_batch_size=8, fake_gradient=fake_gradient,
+                     nonprivate_diagnostics=True), seed=5)
   critic_optimizer, generator_optimizer = training.make_optimizers(
       config_lib.TrainConfig(), 1.0, model.noise_seed)
   critic_optimizer.learning_rate = 0.0
