@@ -1,8 +1,8 @@
 """Private training under tf.distribute, on two logical CPU devices.
 
 The device split must happen before TensorFlow runs an op, so the checks run
-in subprocesses (through tests/two_cpus.py), started together to overlap:
-distributed_checks.py fits the same models on one device and on two
+in subprocesses (through tests/helpers/two_cpus.py), started together to
+overlap: distributed_checks.py fits the same models on one device and on two
 replicas, once per gradient engine that supports replicas; train.py
 --strategy=mirrored runs end to end with the default engine.
 """
@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 from dpgan_tf import export as export_lib
 from dpgan_tf import privacy
 
-TWO_CPUS = os.path.join(REPO_ROOT, 'tests', 'two_cpus.py')
+TWO_CPUS = os.path.join(REPO_ROOT, 'tests', 'helpers', 'two_cpus.py')
 # The end-to-end run: 256 examples, expected batch 32, one epoch.
 TRAIN_FLAGS = ('--max_train_examples=256', '--batch_size=32', '--epochs=1',
                '--noise_multiplier=1.0', '--delta=1e-5', '--seed=3',
@@ -50,7 +50,7 @@ def runs(tmp_path_factory, tfds_dir, fashion_mnist_small):
   del fashion_mnist_small  # Prepares tfds_dir for the training run.
   tmp = tmp_path_factory.mktemp('distributed')
   model_dir, export_dir = str(tmp / 'model'), str(tmp / 'export')
-  commands = {e: [os.path.join('tests', 'distributed_checks.py'), e,
+  commands = {e: [os.path.join('tests', 'helpers', 'distributed_checks.py'), e,
                   str(tmp / f'{e}.json')] for e in ENGINES}
   commands['train'] = [
       'train.py', '--strategy=mirrored', '--dataset=fashion_mnist',

@@ -31,7 +31,7 @@ REQUESTS = ('serving_default.instances.json', 'serving_default.inputs.json',
             'generate.inputs.json')
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable),
                                'saved_model_cli')
-CLIENT = os.path.join(REPO_ROOT, 'tests', 'serving_client.py')
+CLIENT = os.path.join(REPO_ROOT, 'tests', 'helpers', 'serving_client.py')
 LATENT_DIM = 64  # The request bodies' noise width: the default latent_dim.
 GENERATOR_WIDTH = 8
 IMAGE_SHAPE = [28, 28, 1]

@@ -1,6 +1,6 @@
 """Runs a Python script with the host CPU split into two logical devices.
 
-Usage: python tests/two_cpus.py SCRIPT [ARGS...]
+Usage: python tests/helpers/two_cpus.py SCRIPT [ARGS...]
 
 tf.distribute tests need several devices; two logical CPUs give
 MirroredStrategy two replicas on any machine. The split must happen before
@@ -28,8 +28,9 @@ def main():
       cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_DEVICES)
   script = sys.argv[1]
   sys.argv = sys.argv[1:]
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
+  repo_root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  sys.path.insert(0, repo_root)
   runpy.run_path(script, run_name='__main__')
 
 

@@ -1,6 +1,6 @@
 """Answers TF Serving REST `:predict` bodies from a SavedModel, as TF Serving.
 
-Usage: python tests/serving_client.py VERSION_DIR REQUEST.json [...]
+Usage: python tests/helpers/serving_client.py VERSION_DIR REQUEST.json [...]
 Prints one JSON list: per request, {"response": ...} or {"error": ...}.
 
 Imports TensorFlow only, never this project: an export must stand alone. The

@@ -1,6 +1,6 @@
 """Mirrored (two replicas) against single-device private training; JSON out.
 
-Usage: python tests/two_cpus.py tests/distributed_checks.py ENGINE OUT.json
+Usage: python tests/helpers/two_cpus.py tests/helpers/distributed_checks.py ENGINE OUT.json
 
 The same models, from the same weights and seed, are fitted through Keras on
 the same global batches: without noise on one device and on two replicas,
