@@ -60,6 +60,9 @@ flags.DEFINE_integer('downstream_runs', _DEFAULTS.downstream_runs,
                      'accuracy_synthetic is their mean; the report keeps '
                      'each run and the s.d. One draw varies by about a '
                      'point at epsilon 1: compare runs with several.')
+flags.DEFINE_bool('downstream_only', _DEFAULTS.downstream_only, 'Measure '
+                  'the downstream accuracy on samples alone, in seconds: no '
+                  'real-data ceiling, fidelity or membership inference.')
 flags.DEFINE_string('inception_weights', _DEFAULTS.inception_weights,
                     "InceptionV3 no-top ImageNet weights (.h5) for FID: a "
                     "path, 'imagenet' to download them, or 'none' to skip.")

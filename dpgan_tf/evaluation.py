@@ -100,6 +100,9 @@ class EvalConfig:
   # of a run that kept the first K (see module doc).
   eval_split: str = 'test'
   validation_examples: int = 5000
+  # Downstream accuracy on the samples alone: no ceiling, fidelity or
+  # membership inference, so it takes seconds (the demo's quality figure).
+  downstream_only: bool = False
 
   @property
   def samples_png(self) -> str:
@@ -365,6 +368,65 @@ def _write_atomically(path: str, write) -> None:
       os.remove(staging)
 
 
+def _real_ceiling(c: EvalConfig, spec: data_lib.DatasetSpec,
+                  real_pool: data_lib.LabeledImages,
+                  held: data_lib.LabeledImages, rng) -> dict:
+  """The same CNN trained on as many real examples as samples: the ceiling."""
+  real_idx = np.sort(rng.choice(len(real_pool), min(c.num_samples,
+                                                    len(real_pool)),
+                                replace=False))
+  real = classifier.train_classifier(
+      real_pool.images[real_idx], real_pool.labels[real_idx],
+      spec.image_shape, spec.num_classes, classifier.DOWNSTREAM, c.seed,
+      name='real-trained')
+  return {'train_examples': len(real_idx),
+          'test_accuracy': classifier.accuracy(real, held.images,
+                                               held.labels)}
+
+
+def _fidelity_and_membership(c: EvalConfig, checked: _Checked, train, held,
+                             real_pool, fake_images: np.ndarray, rng,
+                             timer: _Timer):
+  """(domain fidelity, Inception fidelity, membership inference)."""
+  spec = checked.spec
+  fake_fid = fake_images[:c.fid_samples]
+  held_fid = held.images[np.sort(rng.choice(len(held), c.fid_samples,
+                                            replace=False))]
+  train_fid = real_pool.images[np.sort(rng.choice(len(real_pool), min(
+      c.fid_samples, len(real_pool)), replace=False))]
+  with timer('domain features'):
+    feature_model, feature_info = classifier.load_or_train_feature_classifier(
+        c.dataset, train.images, train.labels, spec.image_shape,
+        spec.num_classes, c.feature_cache_dir, c.seed)
+    feature_info['test_accuracy'] = classifier.accuracy(
+        feature_model, held.images, held.labels)
+    domain = {
+        'name': f'Fréchet distance in {c.dataset} classifier features '
+                '(not Inception FID)',
+        'feature_classifier': feature_info,
+        **fidelity(*(classifier.features(feature_model, x)
+                     for x in (fake_fid, held_fid, train_fid))),
+    }
+  with timer('inception features'):
+    inception_model, why_not = load_inception(c.inception_weights)
+    if inception_model is None:
+      logging.warning('Inception FID skipped: %s', why_not)
+      inception = {'available': False, **why_not}
+    else:
+      inception = {'available': True, 'weights': c.inception_weights,
+                   **fidelity(inception_features(inception_model, fake_fid),
+                              inception_features(inception_model, held_fid))}
+
+  if c.model_dir:
+    with timer('membership inference'):
+      attack = membership.attack_critic(c.model_dir, spec, train, held,
+                                        c.seed, checked.run_config)
+  else:
+    attack = {'skipped': 'no --model_dir (the training run) given'}
+
+  return domain, inception, attack
+
+
 def evaluate(c: EvalConfig) -> dict:
   """Runs the whole evaluation and writes its outputs; returns the report."""
   checked = validate(c)
@@ -416,13 +478,6 @@ def evaluate(c: EvalConfig) -> dict:
                              'test_accuracy': classifier.accuracy(
                                  model, held.images, held.labels)})
     synthetic_accuracies = [r['test_accuracy'] for r in synthetic_runs]
-    real_idx = np.sort(rng.choice(len(real_pool), min(c.num_samples,
-                                                      len(real_pool)),
-                                  replace=False))
-    real = classifier.train_classifier(
-        real_pool.images[real_idx], real_pool.labels[real_idx],
-        spec.image_shape, spec.num_classes, classifier.DOWNSTREAM, c.seed,
-        name='real-trained')
     downstream = {
         **classifier.describe(),
         'test_examples': len(held),
@@ -433,45 +488,17 @@ def evaluate(c: EvalConfig) -> dict:
             'test_accuracy_std': (float(np.std(synthetic_accuracies, ddof=1))
                                   if len(synthetic_accuracies) > 1 else None),
             'runs': synthetic_runs},
-        'real': {'train_examples': len(real_idx),
-                 'test_accuracy': classifier.accuracy(real, held.images,
-                                                      held.labels)},
+        'real': (None if c.downstream_only else
+                 _real_ceiling(c, spec, real_pool, held, rng)),
     }
-
-  fake_fid = fake_images[:c.fid_samples]
-  held_fid = held.images[np.sort(rng.choice(len(held), c.fid_samples,
-                                            replace=False))]
-  train_fid = real_pool.images[np.sort(rng.choice(len(real_pool), min(
-      c.fid_samples, len(real_pool)), replace=False))]
-  with timer('domain features'):
-    feature_model, feature_info = classifier.load_or_train_feature_classifier(
-        c.dataset, train.images, train.labels, spec.image_shape,
-        spec.num_classes, c.feature_cache_dir, c.seed)
-    feature_info['test_accuracy'] = classifier.accuracy(
-        feature_model, held.images, held.labels)
-    domain = {
-        'name': f'Fréchet distance in {c.dataset} classifier features '
-                '(not Inception FID)',
-        'feature_classifier': feature_info,
-        **fidelity(*(classifier.features(feature_model, x)
-                     for x in (fake_fid, held_fid, train_fid))),
-    }
-  with timer('inception features'):
-    inception_model, why_not = load_inception(c.inception_weights)
-    if inception_model is None:
-      logging.warning('Inception FID skipped: %s', why_not)
-      inception = {'available': False, **why_not}
-    else:
-      inception = {'available': True, 'weights': c.inception_weights,
-                   **fidelity(inception_features(inception_model, fake_fid),
-                              inception_features(inception_model, held_fid))}
-
-  if c.model_dir:
-    with timer('membership inference'):
-      attack = membership.attack_critic(c.model_dir, spec, train, held,
-                                        c.seed, checked.run_config)
+  if c.downstream_only:
+    skipped = 'skipped: --downstream_only'
+    domain = {'skipped': skipped}
+    inception = {'available': False, 'reason': skipped}
+    attack = {'skipped': skipped}
   else:
-    attack = {'skipped': 'no --model_dir (the training run) given'}
+    domain, inception, attack = _fidelity_and_membership(
+        c, checked, train, held, real_pool, fake_images, rng, timer)
 
   privacy = {key: metadata.get(key) for key in (
       'epsilon', 'delta', 'guarantee', 'noise_multiplier', 'sampling_rate',
@@ -492,10 +519,10 @@ def evaluate(c: EvalConfig) -> dict:
           'accuracy_synthetic': downstream['synthetic']['test_accuracy'],
           'accuracy_synthetic_std': downstream['synthetic'][
               'test_accuracy_std'],
-          'accuracy_real': downstream['real']['test_accuracy'],
-          'domain_fid': domain['fid'],
-          'domain_precision': domain['precision'],
-          'domain_recall': domain['recall'],
+          'accuracy_real': (downstream['real'] or {}).get('test_accuracy'),
+          'domain_fid': domain.get('fid'),
+          'domain_precision': domain.get('precision'),
+          'domain_recall': domain.get('recall'),
           'inception_fid': inception.get('fid'),
           'inception_precision': inception.get('precision'),
           'inception_recall': inception.get('recall'),
@@ -547,23 +574,29 @@ def summary(report: dict) -> str:
   runs = downstream['synthetic']['runs']
   spread = (f' (mean of {len(runs)} runs, s.d. '
             f'{_fmt(m["accuracy_synthetic_std"])})' if len(runs) > 1 else '')
+  ceiling = ('' if downstream['real'] is None else
+             f'   {downstream["real"]["train_examples"]} real examples '
+             f'(ceiling) {_fmt(m["accuracy_real"])}')
   lines = [
       f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
       f'  Guarantee: {privacy.get("guarantee")}',
       f'  Accuracy on {downstream["test_examples"]} real held-out images '
       f'({report["held_out"]["range"]}) of the fixed CNN trained on',
       f'    {downstream["synthetic"]["train_examples"]} samples '
-      f'{_fmt(m["accuracy_synthetic"])}{spread}   '
-      f'{downstream["real"]["train_examples"]} real examples (ceiling) '
-      f'{_fmt(m["accuracy_real"])}',
-      f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
-      f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs held-out: '
-      f'{_fmt(domain["real_reference"]["fid"], ".3f")})',
-      f'    precision {_fmt(m["domain_precision"])} recall '
-      f'{_fmt(m["domain_recall"])} (real: '
-      f'{_fmt(domain["real_reference"]["precision"])} / '
-      f'{_fmt(domain["real_reference"]["recall"])})',
+      f'{_fmt(m["accuracy_synthetic"])}{spread}{ceiling}',
   ]
+  if 'skipped' in domain:
+    lines.append(f'  Fidelity: {domain["skipped"]}')
+  else:
+    lines += [
+        f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
+        f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs '
+        f'held-out: {_fmt(domain["real_reference"]["fid"], ".3f")})',
+        f'    precision {_fmt(m["domain_precision"])} recall '
+        f'{_fmt(m["domain_recall"])} (real: '
+        f'{_fmt(domain["real_reference"]["precision"])} / '
+        f'{_fmt(domain["real_reference"]["recall"])})',
+    ]
   if inception['available']:
     lines.append(f'  Inception FID {_fmt(m["inception_fid"], ".3f")} '
                  f'precision {_fmt(m["inception_precision"])} recall '

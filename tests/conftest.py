@@ -11,9 +11,9 @@ import dpgan_tf  # pylint: disable=g-import-not-at-top,unused-import
 import pytest  # pylint: disable=g-import-not-at-top
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-MNIST_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                         'data', 'mnist')
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The project's own copy, so that a clone in any directory passes offline.
+MNIST_DIR = os.path.join(REPO_ROOT, 'data', 'mnist')
 
 
 @pytest.fixture(scope='session')

@@ -1,6 +1,7 @@
 """Datasets load offline from the raw files, in the documented ranges."""
 
 import gzip
+import hashlib
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ def test_fashion_mnist_offline(fashion_mnist_small):
 
 
 def test_mnist_offline_beside_fashion_mnist(tfds_dir, fashion_mnist_small):
-  """Prepared from the shared copy into the data_dir Fashion-MNIST is
+  """Prepared from the project's copy (data/mnist) into the data_dir Fashion-MNIST is
   prepared in: MNIST and Fashion-MNIST share IDX file names, and tfds's one
   extraction directory per data_dir once made the second dataset prepared
   there a copy of the first."""
@@ -60,6 +61,19 @@ def test_celeb_a_crop_keeps_the_face_square():
   for size in (32, 64):
     out = data._center_crop_resize(frame, size)  # pylint: disable=protected-access
     assert out.shape == (size, size, 3) and out.dtype == tf.uint8
+
+
+def test_the_carried_mnist_copy_is_the_one_its_readme_names():
+  """data/mnist travels with the project: its README's checksums are what a
+  user checks a clone against, and the loader accepts the files."""
+  with open(os.path.join(MNIST_DIR, 'README.md')) as f:
+    listed = dict(re.findall(r'^\| (\S+\.gz) \| ([0-9a-f]{64}) \|', f.read(),
+                             re.MULTILINE))
+  assert sorted(listed) == sorted(data.DATASETS['mnist'].manual_files)
+  for name, sha256 in listed.items():
+    with open(os.path.join(MNIST_DIR, name), 'rb') as f:
+      assert hashlib.sha256(f.read()).hexdigest() == sha256, name
+  data.check_manual_dir(data.DATASETS['mnist'], MNIST_DIR)
 
 
 @pytest.mark.parametrize('dataset,manual_dir,other', [

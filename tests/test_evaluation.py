@@ -77,11 +77,20 @@ def test_evaluate_end_to_end(tmp_path, tiny_export, tfds_dir, monkeypatch):
     assert 0.0 <= m[key] <= 1.0, key
   # An untrained generator is far worse than real data on every count.
   assert m['accuracy_real'] > m['accuracy_synthetic']
-  # Run i of --downstream_runs is what --seed=i measures alone.
+  # Run i of --downstream_runs is what --seed=i measures alone, and
+  # --downstream_only measures the same figure, skipping everything else.
   alone = evaluation.evaluate(_config(
       tmp_path, tfds_dir, export_dir=os.path.dirname(tiny_export), seed=1,
-      output=str(tmp_path / 'seed1.json')))
+      output=str(tmp_path / 'seed1.json'), downstream_only=True))
   assert alone['metrics']['accuracy_synthetic_std'] is None  # One run.
+  assert [key for key, value in alone['metrics'].items()
+          if value is not None] == ['accuracy_synthetic']
+  assert alone['downstream']['real'] is None
+  assert alone['membership_inference'] == {
+      'skipped': 'skipped: --downstream_only'}
+  assert set(alone['timings_s']) == {'load data', 'generate',
+                                     'downstream classifiers'}
+  assert 'Fidelity: skipped: --downstream_only' in evaluation.summary(alone)
   runs = report['downstream']['synthetic']['runs']
   assert runs == [runs[0], alone['downstream']['synthetic']['runs'][0]]
   assert [r['seed'] for r in runs] == [0, 1]
