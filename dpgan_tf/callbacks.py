@@ -12,7 +12,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from dpgan_tf import data as data_lib
+from dpgan_tf import image_grid
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,38 +97,6 @@ class PeriodicCheckpoint(tf.keras.callbacks.Callback):
     self._save()
 
 
-def sample_grid(generator, num_classes: int, latent_dim: int, per_class: int,
-                seed: int = 0) -> np.ndarray:
-  """One row per class, `per_class` columns, as one uint8 image [H, W, C]."""
-  labels = grid_labels(num_classes, per_class)
-  noise = tf.random.stateless_normal([len(labels), latent_dim], [seed, 0])
-  images = data_lib.to_unit_range(generator([noise, labels], training=False))
-  return tile_grid(images.numpy(), num_classes, per_class)
-
-
-def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
-  """The labels of a sample grid, row by row."""
-  return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-
-
-def tile_grid(images: np.ndarray, num_classes: int,
-              per_class: int) -> np.ndarray:
-  """Images [0, 1] in grid_labels order -> one uint8 image [H, W, C]."""
-  images = (images * 255).round().astype(np.uint8)
-  n, h, w, c = images.shape
-  grid = images.reshape(num_classes, per_class, h, w, c)
-  return grid.transpose(0, 2, 1, 3, 4).reshape(num_classes * h, per_class * w,
-                                               c)
-
-
-def write_sample_png(generator, path: str, num_classes: int,
-                     latent_dim: int) -> None:
-  """Saves a per-class sample grid as PNG (generator output only)."""
-  png = tf.io.encode_png(sample_grid(generator, num_classes, latent_dim,
-                                     per_class=10))
-  tf.io.write_file(path, png)
-
-
 class TensorBoardMonitor(tf.keras.callbacks.Callback):
   """Scalars every step and a per-class sample grid every `sample_every`.
 
@@ -186,8 +154,9 @@ class TensorBoardMonitor(tf.keras.callbacks.Callback):
     self._start_interval()
 
   def write_samples(self, step):
-    grid = sample_grid(self.model.sampling_generator, self.num_classes,
-                       self.latent_dim, per_class=8)
+    grid = image_grid.from_generator(self.model.sampling_generator,
+                                     self.num_classes, self.latent_dim,
+                                     per_class=8)
     with self.writer.as_default(step=step):
       tf.summary.image('samples/per_class', grid[None], max_outputs=1)
 

@@ -37,6 +37,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from dpgan_tf import files
+
 keras = tf.keras
 
 DOWNSTREAM_VERSION = 2
@@ -237,8 +239,6 @@ def load_or_train_feature_classifier(
                            FEATURE, seed, name='feature',
                            build=build_feature_network)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  # Written beside and renamed: a crash never leaves a truncated cache file.
-  staging = f'{path}.tmp-{os.getpid()}.h5'
-  model.save_weights(staging)
-  os.replace(staging, path)
+  # Keras picks the format from the extension, which the staging path keeps.
+  files.replace_atomically(path, model.save_weights)
   return model, {'path': path, 'cached': False, 'train_examples': n}

@@ -11,6 +11,7 @@ from typing import Optional
 
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
+from dpgan_tf import files
 from dpgan_tf import gan
 from dpgan_tf import losses
 from dpgan_tf import networks
@@ -66,12 +67,8 @@ def read_run_config(model_dir: str) -> Optional[dict]:
 def write_run_config(c: 'TrainConfig') -> None:
   """Records the flags a run starts with, atomically; the seed stays secret
   (it is kept only in the checkpoint)."""
-  path = os.path.join(c.model_dir, RUN_CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(dataclasses.asdict(c) | {'seed': None}, f, indent=2,
-              sort_keys=True)
-  os.replace(tmp, path)
+  files.write_json_atomically(os.path.join(c.model_dir, RUN_CONFIG_FILE),
+                              dataclasses.asdict(c) | {'seed': None})
 
 
 @dataclasses.dataclass

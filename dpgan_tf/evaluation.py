@@ -46,17 +46,17 @@ from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
-from PIL import Image
 import scipy
 import sklearn
 import tensorflow as tf
 import tensorflow_datasets as tfds
 import tensorflow_privacy
 
-from dpgan_tf import callbacks as callbacks_lib
 from dpgan_tf import classifier
 from dpgan_tf import data as data_lib
 from dpgan_tf import export as export_lib
+from dpgan_tf import files
+from dpgan_tf import image_grid
 from dpgan_tf import membership
 from dpgan_tf import metrics
 
@@ -150,7 +150,7 @@ def validate(c: EvalConfig) -> _Checked:
   spec = data_lib.get_spec(c.dataset)
   _require(not os.path.isdir(c.output),
            f'--output={c.output} is a directory; give a file name.')
-  export_lib.check_writable_dir(os.path.dirname(os.path.abspath(c.output)),
+  files.check_writable_dir(os.path.dirname(os.path.abspath(c.output)),
                                 '--output (its directory)')
   _require(c.num_samples >= 2 * spec.num_classes,
            f'--num_samples={c.num_samples} must be at least 2 per class '
@@ -279,17 +279,6 @@ def generate_samples(module, num_classes: int, num_samples: int,
   return np.concatenate(images), labels
 
 
-def sample_grid(module, metadata: dict, seed: int) -> np.ndarray:
-  """A uint8 grid, a row per class, from the export's `generate` signature:
-  the samples the report measures (with the export's candidate selection)."""
-  per_class = 10
-  labels = callbacks_lib.grid_labels(metadata['num_classes'], per_class)
-  images = module.signatures['generate'](
-      labels=tf.constant(labels), seed=tf.constant(seed, tf.int64))['images']
-  return callbacks_lib.tile_grid(images.numpy(), metadata['num_classes'],
-                                 per_class)
-
-
 def load_inception(weights: str):
   """(InceptionV3 pool-feature model, {}) or (None, why it is missing)."""
   if weights == 'none':
@@ -355,17 +344,6 @@ def _versions(mia_implementation: Optional[str]) -> dict:
           'numpy': np.__version__, 'scipy': scipy.__version__,
           'scikit_learn': sklearn.__version__,
           'membership_attack': mia_implementation}
-
-
-def _write_atomically(path: str, write) -> None:
-  staging = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(staging, 'wb') as f:
-      write(f)
-    os.replace(staging, path)
-  finally:
-    if os.path.exists(staging):
-      os.remove(staging)
 
 
 def _real_ceiling(c: EvalConfig, spec: data_lib.DatasetSpec,
@@ -459,7 +437,7 @@ def evaluate(c: EvalConfig) -> dict:
   with timer('generate'):
     fake_images, fake_labels = generate_samples(module, spec.num_classes,
                                                 c.num_samples, c.seed)
-    grid = sample_grid(module, metadata, c.seed)
+    grid = image_grid.from_export(module, metadata['num_classes'], 10, c.seed)
 
   with timer('downstream classifiers'):
     # Run i is what --seed=seed+i measures alone (its samples and
@@ -538,17 +516,19 @@ def evaluate(c: EvalConfig) -> dict:
       'timings_s': timer.seconds,
       'versions': _versions(attack.get('implementation')),
   }
-  write_outputs(c, report, grid, metadata.get('critic_steps') or 0)
+  class_names = metadata.get('class_names') or [
+      str(k) for k in range(metadata['num_classes'])]
+  write_outputs(c, report, grid, class_names,
+                metadata.get('critic_steps') or 0)
   return report
 
 
 def write_outputs(c: EvalConfig, report: dict, grid: np.ndarray,
-                  step: int) -> None:
-  """The JSON report, the PNG grid beside it, and TensorBoard summaries."""
-  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  _write_atomically(c.samples_png, lambda f: image.save(f, format='PNG'))
-  _write_atomically(c.output, lambda f: f.write(
-      json.dumps(report, indent=2, sort_keys=True).encode()))
+                  class_names, step: int) -> None:
+  """The JSON report, the PNG grid beside it (rows named), and TensorBoard
+  summaries."""
+  image_grid.write_png(c.samples_png, grid, class_names)
+  files.write_json_atomically(c.output, report)
   if c.model_dir:
     writer = tf.summary.create_file_writer(os.path.join(c.model_dir, 'eval'))
     with writer.as_default():

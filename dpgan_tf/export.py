@@ -98,24 +98,6 @@ def list_versions(export_dir: str):
   return sorted(int(n) for n in os.listdir(export_dir) if _VERSION.match(n))
 
 
-def check_writable_dir(path: str, flag: str) -> None:
-  """Fails early, naming the flag, if `path` cannot hold our outputs.
-
-  Probes by creating a file in `path` (or its nearest existing parent) rather
-  than trusting permission bits, which root ignores.
-  """
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ExportError(f'{flag}={path} is a file, not a directory.')
-  existing = os.path.abspath(path)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  try:
-    with tempfile.TemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    raise ExportError(f'{flag}={path} is not writable ({e.strerror}).') from e
-
-
 def export_generator(generator: tf.keras.Model, export_dir: str,
                      latent_dim: int, metadata: dict,
                      critic: Optional[tf.keras.Model] = None,

@@ -26,7 +26,9 @@ from dpgan_tf import callbacks as callbacks_lib
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import export as export_lib
+from dpgan_tf import files
 from dpgan_tf import gan
+from dpgan_tf import image_grid
 from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import sampling as sampling_lib
@@ -222,9 +224,9 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   # collective ops at program startup.
   strategy = make_strategy(c.strategy)
   chief = is_chief(strategy)
-  export_lib.check_writable_dir(c.model_dir, '--model_dir')
+  files.check_writable_dir(c.model_dir, '--model_dir')
   if c.export_dir:
-    export_lib.check_writable_dir(c.export_dir, '--export_dir')
+    files.check_writable_dir(c.export_dir, '--export_dir')
   spec = data_lib.get_spec(c.dataset)
   saved = read_saved_ledger(c.model_dir)
   if saved is not None:
@@ -331,9 +333,11 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
 
   trained = int(model.generator_steps.numpy()) - done
   if chief:
-    callbacks_lib.write_sample_png(model.sampling_generator,
-                                   os.path.join(c.model_dir, 'samples.png'),
-                                   spec.num_classes, c.latent_dim)
+    image_grid.write_png(
+        os.path.join(c.model_dir, 'samples.png'),
+        image_grid.from_generator(model.sampling_generator, spec.num_classes,
+                                  c.latent_dim, per_class=10),
+        spec.class_names)
   epsilon = ledger.epsilon()
   if trained == 0:
     message = (f'Nothing to train: the run in {c.model_dir} already took '
