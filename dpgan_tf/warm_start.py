@@ -71,10 +71,10 @@ def features(images, freqs) -> tf.Tensor:
 
 def example_vectors(images, freqs) -> tf.Tensor:
   """What each example adds to its class row: [sqrt(1-b^2) phi(x), b],
-  normalised to unit L2 norm, in float64."""
-  phi = tf.cast(features(images, freqs), tf.float64)
+  normalised to unit L2 norm."""
+  phi = features(images, freqs)
   counts = tf.fill([tf.shape(phi)[0], 1], tf.constant(COUNT_WEIGHT,
-                                                      tf.float64))
+                                                      phi.dtype))
   v = tf.concat([math.sqrt(1.0 - COUNT_WEIGHT**2) * phi, counts], -1)
   return v / tf.norm(v, axis=-1, keepdims=True)
 
@@ -82,11 +82,16 @@ def example_vectors(images, freqs) -> tf.Tensor:
 def class_sums(images: np.ndarray, labels: np.ndarray, num_classes: int,
                freqs, chunk: int = 2048) -> tf.Tensor:
   """The released statistic (before noise): the sum of every example's
-  vector in its class row, [num_classes, 2D + 1]; L2 sensitivity 1."""
+  vector in its class row, [num_classes, 2D + 1]; L2 sensitivity 1.
+
+  In float64 throughout: a batched matmul's rounding depends on the batch's
+  shape, so in float32 removing one example would move the other examples'
+  features by ~1e-5 at short length scales; in float64 by ~1e-13.
+  """
+  freqs = tf.cast(freqs, tf.float64)
   total = tf.zeros([num_classes, 2 * freqs.shape[1] + 1], tf.float64)
   for start in range(0, len(labels), chunk):
-    x = data_lib.to_unit_range(data_lib.to_model_range(
-        images[start:start + chunk]))
+    x = tf.cast(images[start:start + chunk], tf.float64) / 255.0
     total += tf.math.unsorted_segment_sum(
         example_vectors(x, freqs), labels[start:start + chunk], num_classes)
   return total
