@@ -15,7 +15,12 @@ DP-GAN phase adds to the warm start (docs/warm_start.md). Samples are plain
 import dataclasses
 import json
 import os
+import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
 import tensorflow as tf
@@ -27,6 +32,7 @@ from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import training
 from dpgan_tf import warm_start
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 flags.DEFINE_string('model_dir', None, 'The run (with --warm_start).')
 flags.DEFINE_string('export_dir', None, 'Where to export the generator.')
