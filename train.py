@@ -11,8 +11,8 @@ Rerunning the same command resumes from the last checkpoint in --model_dir.
 A resume replays the noise of the steps after that checkpoint, so it refuses
 every flag that changes what a critic step computes, naming it; the free ones
 are config.RESUME_FREE_FLAGS (paths, cadences, how far to train, what is
-exported). Presets: --flagfile=configs/<dataset>_eps<epsilon>.flags (flags given after
-it override it).
+exported). Presets: --flagfile=configs/<dataset>_eps<epsilon>.flags (flags
+given after it override it).
 """
 
 import sys
@@ -30,6 +30,7 @@ from dpgan_tf import losses
 from dpgan_tf import networks
 from dpgan_tf import privacy
 from dpgan_tf import training
+from dpgan_tf import warm_start
 
 _DEFAULTS = config_lib.TrainConfig()
 
@@ -120,6 +121,30 @@ flags.DEFINE_integer('sample_candidates', _DEFAULTS.sample_candidates,
                      'private critic: no privacy cost; the critic is then '
                      'exported too). 1: plain samples. Changing it on a '
                      'finished run re-exports without training.')
+flags.DEFINE_enum('warm_start', _DEFAULTS.warm_start,
+                  warm_start.WARM_STARTS, 'A private warm start before '
+                  'DP-SGD: "mean_embedding" releases the class-wise sums of '
+                  'random Fourier features of the training set once (Gaussian '
+                  'mechanism, L2 sensitivity 1, composed with the critic '
+                  'steps in epsilon) and pre-trains the generator to match '
+                  'their class means (DP-MERF). Needs --target_epsilon.')
+flags.DEFINE_float('warm_start_epsilon_share',
+                   _DEFAULTS.warm_start_epsilon_share, 'The share of '
+                   '--target_epsilon that the warm start\'s release alone '
+                   'may spend; the critic\'s sigma is then '
+                   'calibrated so that the composition meets the target.')
+flags.DEFINE_integer('warm_start_steps', _DEFAULTS.warm_start_steps,
+                     'Generator pre-training updates on the release (no '
+                     'privacy cost, only compute).')
+flags.DEFINE_integer('warm_start_features', _DEFAULTS.warm_start_features,
+                     'Random Fourier frequencies D of the release (2D '
+                     'features per class, and a count).')
+flags.DEFINE_float('warm_start_length_scale',
+                   _DEFAULTS.warm_start_length_scale, 'Length scale of the '
+                   'Gaussian kernel the features approximate, on [0, 1] '
+                   'pixels.')
+flags.DEFINE_float('warm_start_lr', _DEFAULTS.warm_start_lr,
+                   'Adam learning rate of the pre-training.')
 flags.DEFINE_integer('seed', None, 'Seed for initialisation, sampling and '
                      'noise. Keep it secret: the guarantee relies on the '
                      'noise being unpredictable. Default: drawn from the OS '

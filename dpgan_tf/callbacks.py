@@ -6,6 +6,7 @@ training before anything is saved, then checkpoints and summaries.
 """
 
 import math
+import os
 import time
 
 from absl import logging
@@ -86,7 +87,9 @@ class PeriodicCheckpoint(tf.keras.callbacks.Callback):
       _raise_diverged(self.model, 'the model weights')
     step = int(self.model.generator_steps.numpy())
     latest = self.manager.latest_checkpoint
-    if latest is None or not latest.endswith(f'-{step}'):
+    # By name: the warm start's checkpoints (warm_start-<its step>) share
+    # the directory.
+    if latest is None or os.path.basename(latest) != f'ckpt-{step}':
       self.manager.save(checkpoint_number=step)
 
   def on_train_batch_end(self, batch, logs=None):

@@ -13,8 +13,8 @@ float32 in [0, 1]), the CNN of Keras 2's `examples/mnist_cnn.py`:
 Schedule: Adam (lr 1e-3), batch 128, cross-entropy, DOWNSTREAM.epochs epochs
 over a seeded shuffle. It replaced (version 1) the feature network below as
 the downstream classifier: trained on the same synthetic samples it carries
-over better to real images (issue #5, README "Results"; measured on the
-validation split only).
+over better to real images (measured on the validation split only;
+docs/results.md).
 
 Feature network (version FEATURE_VERSION):
   Conv2D 32, 3x3, stride 2, ReLU

@@ -16,6 +16,7 @@ from dpgan_tf import gan
 from dpgan_tf import losses
 from dpgan_tf import networks
 from dpgan_tf import privacy
+from dpgan_tf import warm_start
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 # The flags as a run was started, in its --model_dir (the seed left out).
@@ -120,6 +121,15 @@ class TrainConfig:
   # The export's `generate` returns the best of this many candidates by the
   # critic's score (post-processing; export.py). 1 turns it off.
   sample_candidates: int = 1
+  # A private warm start (warm_start.py) before DP-SGD: 'none' or
+  # 'mean_embedding', the share of --target_epsilon its release alone may
+  # spend, and its pre-training.
+  warm_start: str = 'none'
+  warm_start_epsilon_share: float = 0.3
+  warm_start_steps: int = 2000
+  warm_start_features: int = 5000
+  warm_start_length_scale: float = 5.0
+  warm_start_lr: float = 1e-3
   seed: Optional[int] = None
   # Monitoring and output.
   checkpoint_every: int = 200
@@ -220,6 +230,29 @@ def validate(c: TrainConfig) -> None:
   _require(c.strategy == 'default' or c.grad_engine != 'jacobian',
            f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
            '(the jacobian path would add noise on every replica).')
+  _validate_warm_start(c)
+
+
+def _validate_warm_start(c: TrainConfig) -> None:
+  _require(c.warm_start in warm_start.WARM_STARTS,
+           f'--warm_start={c.warm_start!r}: choose one of '
+           f'{warm_start.WARM_STARTS}.')
+  _require(0 < c.warm_start_epsilon_share < 1,
+           f'--warm_start_epsilon_share={c.warm_start_epsilon_share} must be '
+           'in (0, 1).')
+  for name in ('warm_start_steps', 'warm_start_features'):
+    _require(getattr(c, name) >= 1,
+             f'--{name}={getattr(c, name)} must be >= 1.')
+  for name in ('warm_start_length_scale', 'warm_start_lr'):
+    _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
+  if c.warm_start == 'none':
+    return
+  _require(c.target_epsilon is not None,
+           f'--warm_start={c.warm_start} needs --target_epsilon: its release '
+           'is calibrated to --warm_start_epsilon_share of it.')
+  _require(c.strategy == 'default',
+           f'--warm_start={c.warm_start} needs --strategy=default (its '
+           'pre-training runs on one device).')
 
 
 def validate_against_data(c: TrainConfig, dataset_size: int) -> None:

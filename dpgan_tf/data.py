@@ -4,7 +4,7 @@ DP-SGD's guarantee assumes each critic step sees a *random subsample* of the
 training set (Poisson sampling: every example independently with probability
 q). That needs random access to the whole training set, so a split is loaded
 once into memory as uint8 (4x smaller than float) and batches are gathered by
-index; see `sampling.py`.
+index; see `batching.py`.
 
 Datasets come from TensorFlow Datasets. `manual_dir` prepares MNIST and
 Fashion-MNIST offline from the four IDX files (on Debian, Fashion-MNIST is the

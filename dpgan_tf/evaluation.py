@@ -442,7 +442,7 @@ def evaluate(c: EvalConfig) -> dict:
   with timer('downstream classifiers'):
     # Run i is what --seed=seed+i measures alone (its samples and
     # initialisation): one draw varies by about a point at epsilon=1
-    # (README, "Evaluation noise"), so comparisons want several.
+    # (docs/results.md, "Evaluation noise"), so comparisons want several.
     synthetic_runs = []
     for run in range(c.downstream_runs):
       seed = c.seed + run

@@ -59,8 +59,18 @@ keras = tf.keras
 # RNG streams, folded into the run seed.
 (_FAKE_NOISE, _INTERPOLATION, _DP_NOISE, _GEN_NOISE, _GEN_LABELS,
  _FAKE_LABELS) = range(6)
+# The warm start's streams (warm_start.py), apart from the ones above.
+WARM_START_FREQUENCIES, WARM_START_RELEASE, WARM_START_NOISE = range(100, 103)
 
 FAKE_GRADIENTS = ('paired', 'public')
+
+
+def rng_key(seed, stream: int, counter):
+  """The stateless RNG key of draw `counter` of `stream` in the run `seed`:
+  every draw of a run has its own, and a resumed run draws what the
+  uninterrupted run would have."""
+  base = tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(base, counter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +138,7 @@ class ConditionalDPGAN(keras.Model):
     return self.generator(inputs, training=training)
 
   def _key(self, stream, counter):
-    base = tf.stack([self.seed, tf.constant(stream, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(base, counter)
+    return rng_key(self.seed, stream, counter)
 
   def _replica(self):
     ctx = tf.distribute.get_replica_context()

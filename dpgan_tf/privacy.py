@@ -7,6 +7,12 @@ accountant (dp_accounting, the library behind TF-Privacy) composes these.
 Generator updates read no real data and are post-processing: they cost
 nothing.
 
+A run may first release, once, a statistic of the private data with the
+Gaussian mechanism (the warm start, warm_start.py); the generator is then
+pre-trained on that release (post-processing). Its one GaussianDpEvent is
+composed with the critic updates' events, and epsilon is always that of the
+composition.
+
 Microbatches of more than one example: the guarantee is stated for adding or
 removing one *example*. Adding an example to an existing microbatch moves that
 microbatch's clipped gradient anywhere in the ball of radius C, a change of up
@@ -45,15 +51,33 @@ def dp_event(noise_multiplier: float, sampling_probability: float,
           sampling_probability, dp_accounting.GaussianDpEvent(sigma)), steps)
 
 
-def compute_epsilon(noise_multiplier: float, sampling_probability: float,
-                    steps: int, delta: float, microbatch_size: int = 1) -> float:
-  """epsilon after `steps` critic updates, by the RDP accountant.
+def composed_dp_event(noise_multiplier: float, sampling_probability: float,
+                      steps: int, microbatch_size: int = 1,
+                      warm_start_noise_multiplier: float = 0.0
+                      ) -> dp_accounting.DpEvent:
+  """The warm start's release (if any: sigma > 0), then `steps` critic
+  updates. The release's statistic has L2 sensitivity 1, so its noise
+  multiplier is its noise's standard deviation."""
+  critic = dp_event(noise_multiplier, sampling_probability, steps,
+                    microbatch_size)
+  if not warm_start_noise_multiplier:
+    return critic
+  return dp_accounting.ComposedDpEvent([
+      dp_accounting.GaussianDpEvent(warm_start_noise_multiplier), critic])
 
-  The same number, bit for bit, as composing dp_event(...) into a fresh
-  RdpAccountant and asking it for epsilon (tests/test_privacy.py checks).
+
+def compute_epsilon(noise_multiplier: float, sampling_probability: float,
+                    steps: int, delta: float, microbatch_size: int = 1,
+                    warm_start_noise_multiplier: float = 0.0) -> float:
+  """epsilon after the warm start (if any) and `steps` critic updates, by
+  the RDP accountant.
+
+  The same number, bit for bit, as composing composed_dp_event(...) into a
+  fresh RdpAccountant and asking it for epsilon (tests/test_privacy.py and
+  tests/test_warm_start.py check).
   """
   return EpsilonCurve(noise_multiplier, sampling_probability, delta,
-                      microbatch_size)(steps)
+                      microbatch_size, warm_start_noise_multiplier)(steps)
 
 
 @functools.lru_cache(maxsize=32)
@@ -75,27 +99,46 @@ def _rdp_of_one_step(noise_multiplier: float, sampling_probability: float,
   return orders, rdp
 
 
+@functools.lru_cache(maxsize=8)
+def _rdp_of_gaussian(noise_multiplier: float) -> tuple:
+  """(orders, RDP of one Gaussian release, the warm start's), read-only like
+  _rdp_of_one_step's."""
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+  orders = np.array(accountant._orders)  # pylint: disable=protected-access
+  rdp = np.array(accountant._rdp)  # pylint: disable=protected-access
+  orders.flags.writeable = rdp.flags.writeable = False
+  return orders, rdp
+
+
 class EpsilonCurve:
   """epsilon(t) for t = 0..T critic steps, from one RDP computation.
 
   RDP composes linearly: t steps cost t times the RDP of one step at every
-  order (exactly what RdpAccountant computes for t self-composed steps).
-  Computing one step's RDP once makes epsilon at every step cheap enough to
-  report after each update.
+  order (exactly what RdpAccountant computes for t self-composed steps), plus
+  the warm start's release if the run made one. Computing one step's RDP
+  once makes epsilon at every step cheap enough to report after each update.
   """
 
   def __init__(self, noise_multiplier, sampling_probability, delta,
-               microbatch_size=1):
+               microbatch_size=1, warm_start_noise_multiplier=0.0):
     self._orders, self._rdp_one_step = _rdp_of_one_step(
         float(noise_multiplier), float(sampling_probability),
         int(microbatch_size))
+    self._rdp_warm_start = (
+        _rdp_of_gaussian(float(warm_start_noise_multiplier))[1]
+        if warm_start_noise_multiplier else None)
     self._delta = delta
 
   def __call__(self, steps: int) -> float:
-    if steps == 0:
-      return 0.0
-    eps, _ = rdp_privacy_accountant.compute_epsilon(
-        self._orders, steps * self._rdp_one_step, self._delta)
+    if self._rdp_warm_start is None:
+      if steps == 0:
+        return 0.0
+      rdp = steps * self._rdp_one_step
+    else:
+      rdp = steps * self._rdp_one_step + self._rdp_warm_start
+    eps, _ = rdp_privacy_accountant.compute_epsilon(self._orders, rdp,
+                                                    self._delta)
     return float(eps)
 
   def max_steps(self, target_epsilon: float, upper: int) -> int:
@@ -114,18 +157,44 @@ class EpsilonCurve:
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float,
                                sampling_probability: float, steps: int,
-                               microbatch_size: int = 1) -> float:
-  """The smallest sigma whose `steps` updates spend at most target_epsilon."""
+                               microbatch_size: int = 1,
+                               warm_start_noise_multiplier: float = 0.0
+                               ) -> float:
+  """The smallest sigma whose `steps` updates, composed with the warm start's
+  release (if any), spend at most target_epsilon."""
   sigma = dp_accounting.calibrate_dp_mechanism(
       rdp_privacy_accountant.RdpAccountant,
-      lambda s: dp_event(s, sampling_probability, steps, microbatch_size),
+      lambda s: composed_dp_event(s, sampling_probability, steps,
+                                  microbatch_size, warm_start_noise_multiplier),
       target_epsilon, delta,
       dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
       tol=1e-4)
   # calibrate_dp_mechanism returns a value on the safe side of its bracket.
   assert compute_epsilon(sigma, sampling_probability, steps, delta,
-                         microbatch_size) <= target_epsilon
+                         microbatch_size,
+                         warm_start_noise_multiplier) <= target_epsilon
   return float(sigma)
+
+
+def calibrate_warm_start_noise_multiplier(epsilon: float,
+                                          delta: float) -> float:
+  """The smallest sigma for which the warm start's release alone (one
+  Gaussian mechanism of sensitivity 1) is (epsilon, delta)-DP by the RDP
+  accountant: its share of the budget."""
+  sigma = dp_accounting.calibrate_dp_mechanism(
+      rdp_privacy_accountant.RdpAccountant, dp_accounting.GaussianDpEvent,
+      epsilon, delta, dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
+      tol=1e-4)
+  assert warm_start_epsilon(sigma, delta) <= epsilon
+  return float(sigma)
+
+
+def warm_start_epsilon(warm_start_noise_multiplier: float,
+                       delta: float) -> float:
+  """epsilon of the warm start's release alone (what it spent)."""
+  orders, rdp = _rdp_of_gaussian(float(warm_start_noise_multiplier))
+  eps, _ = rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)
+  return float(eps)
 
 
 class PrivacyLedger(tf.Module):
@@ -136,11 +205,18 @@ class PrivacyLedger(tf.Module):
   whose results are kept (it is checkpointed together with the weights, so a
   crash never loses or double-counts a step). epsilon is always computed from
   these, never tracked separately.
+
+  A run with a warm start also keeps its release's sigma and
+  `warm_start_releases` (1 once the release is drawn, checkpointed with it).
+  Only such runs have these variables (warm_start_noise_multiplier not None),
+  so the checkpoints of runs without one keep their layout and older ones
+  still restore; as_dict reports 0 for them.
   """
 
   def __init__(self, noise_multiplier=0.0, sampling_probability=0.0, delta=0.0,
                dataset_size=0, microbatch_size=1, l2_norm_clip=0.0,
-               sampling='poisson', dataset=''):
+               sampling='poisson', dataset='',
+               warm_start_noise_multiplier: Optional[float] = None):
     super().__init__(name='privacy_ledger')
     self.noise_multiplier = tf.Variable(noise_multiplier, dtype=tf.float64,
                                         trainable=False)
@@ -158,6 +234,11 @@ class PrivacyLedger(tf.Module):
     self.critic_steps = tf.Variable(
         0, dtype=tf.int64, trainable=False,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    if warm_start_noise_multiplier is not None:
+      self.warm_start_noise_multiplier = tf.Variable(
+          warm_start_noise_multiplier, dtype=tf.float64, trainable=False)
+      self.warm_start_releases = tf.Variable(0, dtype=tf.int64,
+                                             trainable=False)
 
   def as_dict(self) -> dict:
     """Plain Python values, for reports and comparisons."""
@@ -171,26 +252,40 @@ class PrivacyLedger(tf.Module):
         'microbatch_size': int(self.microbatch_size.numpy()),
         'sampling': self.sampling.numpy().decode(),
         'critic_steps': int(self.critic_steps.numpy()),
+        'warm_start_noise_multiplier': float(
+            self.warm_start_noise_multiplier.numpy()
+            if hasattr(self, 'warm_start_noise_multiplier') else 0.0),
+        'warm_start_releases': int(
+            self.warm_start_releases.numpy()
+            if hasattr(self, 'warm_start_releases') else 0),
     }
+
+  def released_warm_start_noise_multiplier(self) -> float:
+    """The warm start's sigma once its release is drawn, else 0 (nothing
+    released, nothing spent)."""
+    d = self.as_dict()
+    return d['warm_start_noise_multiplier'] if d['warm_start_releases'] else 0.0
 
   def curve(self) -> EpsilonCurve:
     d = self.as_dict()
     return EpsilonCurve(d['noise_multiplier'], d['sampling_rate'], d['delta'],
-                        d['microbatch_size'])
+                        d['microbatch_size'],
+                        self.released_warm_start_noise_multiplier())
 
   def epsilon(self, steps: Optional[int] = None) -> float:
     d = self.as_dict()
-    return compute_epsilon(d['noise_multiplier'], d['sampling_rate'],
-                           d['critic_steps'] if steps is None else steps,
-                           d['delta'], d['microbatch_size'])
+    return self.curve()(d['critic_steps'] if steps is None else steps)
 
 
 def guarantee_statement(ledger: PrivacyLedger) -> str:
   """One line saying what was spent and how it was accounted."""
   d = ledger.as_dict()
   eps = ledger.epsilon()
+  warm_sigma = ledger.released_warm_start_noise_multiplier()
+  warm = (f'a warm-start Gaussian release, sigma={warm_sigma:.4g}, '
+          'composed with ' if warm_sigma else '')
   text = (f'({eps:.4g}, {d["delta"]:.3g})-DP for each training example '
-          f'[RDP accountant, sigma={d["noise_multiplier"]:.4g}, '
+          f'[RDP accountant, {warm}sigma={d["noise_multiplier"]:.4g}, '
           f'q={d["sampling_rate"]:.4g}, {d["critic_steps"]} critic steps, '
           f'{d["sampling"]} sampling')
   if d['sampling'] == 'shuffle':

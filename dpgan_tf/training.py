@@ -31,7 +31,8 @@ from dpgan_tf import gan
 from dpgan_tf import image_grid
 from dpgan_tf import networks
 from dpgan_tf import privacy
-from dpgan_tf import sampling as sampling_lib
+from dpgan_tf import batching
+from dpgan_tf import warm_start
 
 class ResumeMismatch(ValueError):
   """A flag differs from the run being resumed; names the flag."""
@@ -59,17 +60,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
       'chief' not in resolver.cluster_spec().as_dict())
 
 
-def make_checkpoint(model: gan.ConditionalDPGAN) -> tf.train.Checkpoint:
+def make_checkpoint(model: gan.ConditionalDPGAN,
+                    warm: Optional[warm_start.WarmStart] = None
+                    ) -> tf.train.Checkpoint:
   """Both networks, both optimizers, counters, RNG seed and the ledger (and
-  the generator's moving average, if kept). The optimizers keep the keys
-  they had before their attributes were renamed, so older runs resume."""
-  ema = {} if model.ema_generator is None else {
+  the generator's moving average and the warm start's state, if kept). The
+  optimizers keep the keys they had before their attributes were renamed, so
+  older runs resume."""
+  optional = {} if model.ema_generator is None else {
       'generator_ema': model.ema_generator}
+  if warm is not None:
+    optional['warm_start'] = warm
   return tf.train.Checkpoint(
       generator=model.generator, critic=model.critic,
       d_optimizer=model.critic_optimizer, g_optimizer=model.generator_optimizer,
       ledger=model.ledger, generator_steps=model.generator_steps,
-      seed=model.seed, **ema)
+      seed=model.seed, **optional)
 
 
 def check_resume_generator_ema(c: config_lib.TrainConfig) -> None:
@@ -100,12 +106,26 @@ def check_resume_flags(c: config_lib.TrainConfig) -> None:
      'it must compute what they computed')
 
 
+def check_resume_warm_start(c: config_lib.TrainConfig, saved: dict) -> None:
+  """A warm start cannot be added to or dropped from a run: its release is
+  part of the guarantee of every step after it (the checkpoint's ledger
+  says whether the run has one)."""
+  started = saved['warm_start_noise_multiplier'] > 0
+  if started != (c.warm_start != 'none'):
+    raise ResumeMismatch(
+        f'--warm_start={c.warm_start}: the run in --model_dir={c.model_dir} '
+        f'was started {"with" if started else "without"} a warm start; '
+        'resuming would change the privacy guarantee. Use a new --model_dir '
+        'or the original value.')
+
+
 def read_saved_ledger(model_dir: str) -> Optional[privacy.PrivacyLedger]:
   """The ledger of the latest checkpoint in model_dir, or None."""
   latest = tf.train.latest_checkpoint(model_dir)
   if latest is None:
     return None
-  ledger = privacy.PrivacyLedger()
+  # With the warm start's variables: they stay 0 if the run has none.
+  ledger = privacy.PrivacyLedger(warm_start_noise_multiplier=0.0)
   tf.train.Checkpoint(ledger=ledger).restore(latest).expect_partial()
   return ledger
 
@@ -172,6 +192,7 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
       'batch_size': c.batch_size,
       'dataset_size': d['dataset_size'],
       'guarantee': privacy.guarantee_statement(ledger),
+      'warm_start': warm_start.metadata(c, ledger),
       'tensorflow_version': tf.__version__,
       'tensorflow_privacy_version': tensorflow_privacy.__version__,
   }
@@ -185,6 +206,19 @@ def gan_options(c: config_lib.TrainConfig, num_classes: int) -> gan.GANOptions:
   return gan.GANOptions(num_classes=num_classes,
                         expected_batch_size=c.batch_size,
                         ema_decay=c.generator_ema, **same)
+
+
+def planned_warm_start_noise_multiplier(
+    c: config_lib.TrainConfig,
+    saved: Optional[privacy.PrivacyLedger]) -> Optional[float]:
+  """The warm start's sigma: the resumed run's, or calibrated to its share of
+  the budget; None without a warm start."""
+  if c.warm_start == 'none':
+    return None
+  if saved is not None:
+    return saved.as_dict()['warm_start_noise_multiplier']
+  return privacy.calibrate_warm_start_noise_multiplier(
+      c.warm_start_epsilon_share * c.target_epsilon, c.delta)
 
 
 def make_optimizers(c: config_lib.TrainConfig, sigma: float,
@@ -231,6 +265,7 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   saved = read_saved_ledger(c.model_dir)
   if saved is not None:
     check_resume(c, saved.as_dict())
+    check_resume_warm_start(c, saved.as_dict())
     check_resume_generator_ema(c)
     check_resume_flags(c)
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
@@ -239,13 +274,14 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   config_lib.validate_against_data(c, n)
 
   # Its seed is known only once the checkpoint is restored (set below).
-  sampler = sampling_lib.CriticBatchSampler(train_split, c.batch_size,
+  sampler = batching.CriticBatchSampler(train_split, c.batch_size,
                                             c.sampling, seed=0)
   generator_steps_per_epoch = max(1, sampler.steps_per_epoch // c.n_critic)
   planned_generator_steps = max(1, int(c.epochs * generator_steps_per_epoch))
   planned_critic_steps = planned_generator_steps * c.n_critic
   q = sampler.sampling_probability
 
+  warm_sigma = planned_warm_start_noise_multiplier(c, saved)
   if saved is not None:
     check_resume(c, saved.as_dict(), n)
     sigma = saved.as_dict()['noise_multiplier']
@@ -253,8 +289,11 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     sigma = c.noise_multiplier
   else:
     sigma = privacy.calibrate_noise_multiplier(
-        c.target_epsilon, c.delta, q, planned_critic_steps, c.microbatch_size)
-  curve = privacy.EpsilonCurve(sigma, q, c.delta, c.microbatch_size)
+        c.target_epsilon, c.delta, q, planned_critic_steps, c.microbatch_size,
+        warm_sigma or 0.0)
+  # The critic's steps come after the warm start's release.
+  curve = privacy.EpsilonCurve(sigma, q, c.delta, c.microbatch_size,
+                               warm_sigma or 0.0)
   allowed_critic_steps = planned_critic_steps
   if c.target_epsilon is not None:
     allowed_critic_steps = curve.max_steps(c.target_epsilon,
@@ -268,7 +307,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   # state (MultiWorkerMirroredStrategy cannot broadcast its strings). The
   # model counts each critic step once, in cross-replica context.
   ledger = privacy.PrivacyLedger(sigma, q, c.delta, n, c.microbatch_size,
-                                 c.l2_norm_clip, c.sampling, c.dataset)
+                                 c.l2_norm_clip, c.sampling, c.dataset,
+                                 warm_sigma)
   with strategy.scope():
     generator = networks.build_generator(spec.image_shape, spec.num_classes,
                                          c.latent_dim, c.generator_width,
@@ -283,14 +323,14 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         generator, critic, ledger, gan_options(c, spec.num_classes),
         seed=seed, ema_generator=ema_generator)
     model.compile(*make_optimizers(c, sigma, model.noise_seed))
-    checkpoint = make_checkpoint(model)
+    warm = None if warm_sigma is None else warm_start.WarmStart(
+        spec.num_classes, c.warm_start_features, c.warm_start_lr)
+    checkpoint = make_checkpoint(model, warm)
   # Every worker resumes from the chief's checkpoints (--model_dir on a
   # shared file system). Saving is collective under
   # MultiWorkerMirroredStrategy, so every worker saves: the others to a
   # scratch directory, removed at the end.
   scratch = None if chief else tempfile.mkdtemp(prefix='dpgan-worker-')
-  manager = tf.train.CheckpointManager(checkpoint, scratch or c.model_dir,
-                                       max_to_keep=c.keep_checkpoints)
   latest_checkpoint = tf.train.latest_checkpoint(c.model_dir)
   if latest_checkpoint:
     checkpoint.restore(latest_checkpoint).assert_existing_objects_matched()
@@ -305,6 +345,12 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         f'--n_critic={c.n_critic}: the checkpoint holds '
         f'{int(ledger.critic_steps.numpy())} critic steps for {done} generator '
         'steps; resume with the original --n_critic.')
+  if warm is not None and int(warm.steps.numpy()) < c.warm_start_steps:
+    warm_start.run(c, warm, ledger, generator, ema_generator, train_split,
+                   seed, checkpoint)
+  # After the warm start: the manager takes over its checkpoints' rotation.
+  manager = tf.train.CheckpointManager(checkpoint, scratch or c.model_dir,
+                                       max_to_keep=c.keep_checkpoints)
 
   sampler.seed = seed
   monitor = callbacks_lib.PrivacyMonitor(ledger, curve, c.target_epsilon,

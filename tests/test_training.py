@@ -186,6 +186,12 @@ _OTHER_COMPUTATION = {
     'beta_2': dict(beta_2=0.99),
     'critic_beta_1': dict(critic_beta_1=0.9),
     'strategy': dict(strategy='mirrored'),
+    'warm_start': dict(warm_start='mean_embedding', target_epsilon=5.0),
+    'warm_start_epsilon_share': dict(warm_start_epsilon_share=0.5),
+    'warm_start_steps': dict(warm_start_steps=10),
+    'warm_start_features': dict(warm_start_features=100),
+    'warm_start_length_scale': dict(warm_start_length_scale=2.0),
+    'warm_start_lr': dict(warm_start_lr=1e-4),
 }
 
 

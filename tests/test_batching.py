@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dpgan_tf import data
-from dpgan_tf import sampling
+from dpgan_tf import batching
 
 
 def _train(n):
@@ -16,7 +16,7 @@ def _train(n):
 
 def test_poisson_batches_have_binomial_sizes_and_uniform_inclusion():
   n, batch, steps = 1000, 50, 2000
-  sampler = sampling.CriticBatchSampler(_train(n), batch, 'poisson', seed=7)
+  sampler = batching.CriticBatchSampler(_train(n), batch, 'poisson', seed=7)
   counts = np.zeros(n)
   sizes = []
   for step in range(steps):
@@ -42,9 +42,9 @@ def test_poisson_batches_have_binomial_sizes_and_uniform_inclusion():
 
 def test_same_seed_same_batches_other_seed_different():
   train = _train(500)
-  a = sampling.CriticBatchSampler(train, 32, 'poisson', seed=1)
-  b = sampling.CriticBatchSampler(train, 32, 'poisson', seed=1)
-  c = sampling.CriticBatchSampler(train, 32, 'poisson', seed=2)
+  a = batching.CriticBatchSampler(train, 32, 'poisson', seed=1)
+  b = batching.CriticBatchSampler(train, 32, 'poisson', seed=1)
+  c = batching.CriticBatchSampler(train, 32, 'poisson', seed=2)
   for step in (0, 5, 123456):
     np.testing.assert_array_equal(a.indices(step), b.indices(step))
   assert not np.array_equal(a.indices(0), c.indices(0))
@@ -52,7 +52,7 @@ def test_same_seed_same_batches_other_seed_different():
 
 def test_shuffle_covers_each_example_once_per_epoch_in_fixed_batches():
   n, batch = 100, 10
-  sampler = sampling.CriticBatchSampler(_train(n), batch, 'shuffle', seed=3)
+  sampler = batching.CriticBatchSampler(_train(n), batch, 'shuffle', seed=3)
   assert sampler.steps_per_epoch == 10
   for epoch in range(2):
     seen = np.concatenate([sampler.indices(epoch * 10 + s) for s in range(10)])
@@ -64,7 +64,7 @@ def test_shuffle_covers_each_example_once_per_epoch_in_fixed_batches():
 
 def test_dataset_yields_n_critic_batches_per_generator_step():
   train = _train(200)
-  sampler = sampling.CriticBatchSampler(train, 20, 'poisson', seed=4)
+  sampler = batching.CriticBatchSampler(train, 20, 'poisson', seed=4)
   elements = list(sampler.dataset(3, 5, n_critic=2).as_numpy_iterator())
   assert len(elements) == 2
   for g, element in zip((3, 4), elements):
@@ -77,4 +77,4 @@ def test_dataset_yields_n_critic_batches_per_generator_step():
 
 def test_unknown_sampling_is_rejected():
   with pytest.raises(ValueError, match='--sampling'):
-    sampling.CriticBatchSampler(_train(10), 2, 'bootstrap', seed=0)
+    batching.CriticBatchSampler(_train(10), 2, 'bootstrap', seed=0)
