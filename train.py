@@ -24,13 +24,7 @@ from absl import logging
 from dpgan_tf import callbacks
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
-from dpgan_tf import dp_gradients
-from dpgan_tf import gan
-from dpgan_tf import losses
-from dpgan_tf import networks
-from dpgan_tf import privacy
 from dpgan_tf import training
-from dpgan_tf import warm_start
 
 _DEFAULTS = config_lib.TrainConfig()
 
@@ -57,11 +51,11 @@ flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Expected batch '
                      'size (Poisson: q = batch_size / N).')
 flags.DEFINE_integer('num_microbatches', None, 'Microbatches per batch '
                      '(default: one example each, the privacy optimum).')
-flags.DEFINE_enum('sampling', _DEFAULTS.sampling, privacy.SAMPLING_METHODS,
+flags.DEFINE_enum('sampling', _DEFAULTS.sampling, config_lib.SAMPLING_METHODS,
                   'poisson (what the accountant assumes) or shuffle (the '
                   'common fixed-size approximation).')
 flags.DEFINE_enum('grad_engine', _DEFAULTS.grad_engine,
-                  dp_gradients.GRAD_ENGINES, 'How per-example gradients are '
+                  config_lib.GRAD_ENGINES, 'How per-example gradients are '
                   'computed; same privacy either way.')
 flags.DEFINE_integer('chunk_size', _DEFAULTS.chunk_size, 'Microbatches per '
                      'vectorised pass (vectorized engine; bounds memory).')
@@ -74,9 +68,11 @@ flags.DEFINE_integer('n_generator', _DEFAULTS.n_generator,
                      'Generator updates per generator step, after its critic '
                      'updates. They read no real data: no privacy cost, '
                      'only compute.')
-flags.DEFINE_enum('loss', _DEFAULTS.loss, losses.CRITIC_LOSSES, 'Critic loss.')
+flags.DEFINE_enum('loss', _DEFAULTS.loss, config_lib.CRITIC_LOSSES,
+                  'Critic loss.')
 flags.DEFINE_enum('fake_gradient', _DEFAULTS.fake_gradient,
-                  gan.FAKE_GRADIENTS, 'The critic loss\'s term on fakes: '
+                  config_lib.FAKE_GRADIENTS, 'The critic loss\'s term on '
+                  'fakes: '
                   '"paired", each fake in one clipped, noised record with a '
                   'real example of its class (DPGAN); or "public", fakes of '
                   'uniformly drawn classes apart, clipped at the same '
@@ -90,14 +86,14 @@ flags.DEFINE_integer('latent_dim', _DEFAULTS.latent_dim, 'Noise dimension.')
 flags.DEFINE_integer('generator_width', _DEFAULTS.generator_width,
                      'Generator base filters.')
 flags.DEFINE_enum('generator_upsampling', _DEFAULTS.generator_upsampling,
-                  networks.UPSAMPLINGS, 'How the generator doubles its '
+                  config_lib.UPSAMPLINGS, 'How the generator doubles its '
                   'resolution: "transposed" (stride-2 transposed '
                   'convolutions, DCGAN) or "resize" (nearest-neighbour '
                   'resize, then a 3x3 convolution: no checkerboard '
                   'artefacts). Generator only: no privacy cost.')
 flags.DEFINE_integer('critic_width', _DEFAULTS.critic_width,
                      'Critic base filters.')
-flags.DEFINE_enum('critic_norm', _DEFAULTS.critic_norm, networks.CRITIC_NORMS,
+flags.DEFINE_enum('critic_norm', _DEFAULTS.critic_norm, config_lib.CRITIC_NORMS,
                   'How the critic normalises its convolutions: "none" or '
                   '"layer" (per-example layer norm without gain or bias: '
                   'clipping stays per example, no parameters added).')
@@ -122,7 +118,7 @@ flags.DEFINE_integer('sample_candidates', _DEFAULTS.sample_candidates,
                      'exported too). 1: plain samples. Changing it on a '
                      'finished run re-exports without training.')
 flags.DEFINE_enum('warm_start', _DEFAULTS.warm_start,
-                  warm_start.WARM_STARTS, 'A private warm start before '
+                  config_lib.WARM_STARTS, 'A private warm start before '
                   'DP-SGD: "mean_embedding" releases the class-wise sums of '
                   'random Fourier features of the training set once (Gaussian '
                   'mechanism, L2 sensitivity 1, composed with the critic '

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from dpgan_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from dpgan_tf import dp_gradients  # pylint: disable=g-import-not-at-top
 from dpgan_tf import losses  # pylint: disable=g-import-not-at-top
 from dpgan_tf import networks  # pylint: disable=g-import-not-at-top
@@ -150,14 +151,14 @@ def main():
                       help='MNIST critic only, and no jacobian engine.')
   parser.add_argument('--repeats', type=int, default=15)
   parser.add_argument('--loss', default='hinge',
-                      choices=losses.CRITIC_LOSSES)
+                      choices=config_lib.CRITIC_LOSSES)
   parser.add_argument('--batch_sizes', type=int, nargs='+', default=[64, 256])
   parser.add_argument('--critic_width', type=int, default=32,
                       help='Filters of the first convolution (train.py '
                       '--critic_width; the presets use 32 or 64).')
   args = parser.parse_args()
 
-  engines = [e for e in dp_gradients.GRAD_ENGINES if e != 'jacobian']
+  engines = [e for e in config_lib.GRAD_ENGINES if e != 'jacobian']
   variants = [('plain', None)] + [(e, None) for e in engines]
   if not args.quick:
     variants += [('jacobian_m64', 64), ('jacobian_m8', 8)]

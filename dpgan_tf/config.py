@@ -9,16 +9,24 @@ import json
 import os
 from typing import Optional
 
-from dpgan_tf import data as data_lib
-from dpgan_tf import dp_gradients
 from dpgan_tf import files
-from dpgan_tf import gan
-from dpgan_tf import losses
-from dpgan_tf import networks
-from dpgan_tf import privacy
-from dpgan_tf import warm_start
 
+# The choices of every option flag, here alone: the modules that implement
+# them take their names from here.
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
+SAMPLING_METHODS = ('poisson', 'shuffle')
+GRAD_ENGINES = ('ghost', 'vectorized', 'jacobian')
+CRITIC_LOSSES = ('wasserstein', 'hinge', 'wgan_gp')
+FAKE_GRADIENTS = ('paired', 'public')
+UPSAMPLINGS = ('transposed', 'resize')
+CRITIC_NORMS = ('none', 'layer')
+WARM_STARTS = ('none', 'mean_embedding')
+CHOICES = {
+    'sampling': SAMPLING_METHODS, 'grad_engine': GRAD_ENGINES,
+    'loss': CRITIC_LOSSES, 'fake_gradient': FAKE_GRADIENTS,
+    'generator_upsampling': UPSAMPLINGS, 'critic_norm': CRITIC_NORMS,
+    'strategy': STRATEGIES, 'warm_start': WARM_STARTS,
+}
 # The flags as a run was started, in its --model_dir (the seed left out).
 RUN_CONFIG_FILE = 'run_config.json'
 
@@ -153,9 +161,18 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(c: TrainConfig) -> None:
   """Raises ValueError naming the flag for any value that cannot work."""
-  data_lib.get_spec(c.dataset)
   _require(bool(c.model_dir), '--model_dir is required (checkpoints and '
            'TensorBoard logs go there).')
+  for name, choices in CHOICES.items():
+    _require(getattr(c, name) in choices, f'--{name}={getattr(c, name)!r}: '
+             f'choose one of {choices}.')
+  _validate_privacy(c)
+  _validate_critic_step(c)
+  _validate_ranges(c)
+  _validate_warm_start(c)
+
+
+def _validate_privacy(c: TrainConfig) -> None:
   _require(c.target_epsilon is not None or c.noise_multiplier is not None,
            'set --target_epsilon (sigma is calibrated to it) or '
            '--noise_multiplier (epsilon is reported).')
@@ -171,12 +188,6 @@ def validate(c: TrainConfig) -> None:
   if c.max_train_examples is not None:
     _require(c.max_train_examples >= 1,
              f'--max_train_examples={c.max_train_examples} must be >= 1.')
-  _require(c.sampling in privacy.SAMPLING_METHODS,
-           f'--sampling={c.sampling!r}: choose one of '
-           f'{privacy.SAMPLING_METHODS}.')
-  _require(c.grad_engine in dp_gradients.GRAD_ENGINES,
-           f'--grad_engine={c.grad_engine!r}: choose one of '
-           f'{dp_gradients.GRAD_ENGINES}.')
   if c.num_microbatches is not None:
     _require(c.num_microbatches >= 1 and c.batch_size % c.num_microbatches == 0,
              f'--num_microbatches={c.num_microbatches} must divide '
@@ -186,14 +197,16 @@ def validate(c: TrainConfig) -> None:
              'per microbatch, which needs fixed-size batches: use '
              '--sampling=shuffle, or leave --num_microbatches unset for one '
              'example per microbatch.')
-  _require(c.loss in losses.CRITIC_LOSSES,
-           f'--loss={c.loss!r}: choose one of {losses.CRITIC_LOSSES}.')
+  if c.seed is not None:
+    _require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
+
+
+def _validate_critic_step(c: TrainConfig) -> None:
+  """Combinations of the loss, the fakes' gradient, the engine and the
+  strategy that cannot work together."""
   if c.loss == 'wasserstein':
     _require(c.critic_weight_clip > 0, '--loss=wasserstein needs '
              '--critic_weight_clip > 0 (the WGAN Lipschitz constraint).')
-  _require(c.fake_gradient in gan.FAKE_GRADIENTS,
-           f'--fake_gradient={c.fake_gradient!r}: choose one of '
-           f'{gan.FAKE_GRADIENTS}.')
   if c.fake_gradient == 'public':
     _require(c.loss != 'wgan_gp', '--fake_gradient=public does not work with '
              '--loss=wgan_gp: the gradient penalty is taken between a real '
@@ -201,50 +214,36 @@ def validate(c: TrainConfig) -> None:
     _require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
              '--grad_engine=ghost or vectorized (the jacobian path clips '
              'inside the DP optimizer, which would noise the fakes too).')
-  _require(c.generator_upsampling in networks.UPSAMPLINGS,
-           f'--generator_upsampling={c.generator_upsampling!r}: choose one of '
-           f'{networks.UPSAMPLINGS}.')
-  _require(c.critic_norm in networks.CRITIC_NORMS,
-           f'--critic_norm={c.critic_norm!r}: choose one of '
-           f'{networks.CRITIC_NORMS}.')
+  _require(c.strategy == 'default' or c.grad_engine != 'jacobian',
+           f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
+           '(the jacobian path would add noise on every replica).')
+
+
+def _validate_ranges(c: TrainConfig) -> None:
   _require(c.critic_weight_clip >= 0,
            f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
   _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
   _require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
   for name in ('n_critic', 'n_generator', 'checkpoint_every', 'sample_every',
                'log_every', 'keep_checkpoints', 'latent_dim',
-               'generator_width', 'critic_width', 'sample_candidates'):
+               'generator_width', 'critic_width', 'sample_candidates',
+               'warm_start_steps', 'warm_start_features'):
     _require(getattr(c, name) >= 1,
              f'--{name}={getattr(c, name)} must be >= 1.')
-  for name in ('generator_lr', 'critic_lr'):
+  for name in ('generator_lr', 'critic_lr', 'warm_start_length_scale',
+               'warm_start_lr'):
     _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
   for name in ('beta_1', 'beta_2', 'critic_beta_1', 'generator_ema'):
     if getattr(c, name) is None:
       continue
     _require(0 <= getattr(c, name) < 1,
              f'--{name}={getattr(c, name)} must be in [0, 1).')
-  if c.seed is not None:
-    _require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
-  _require(c.strategy in STRATEGIES,
-           f'--strategy={c.strategy!r}: choose one of {STRATEGIES}.')
-  _require(c.strategy == 'default' or c.grad_engine != 'jacobian',
-           f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
-           '(the jacobian path would add noise on every replica).')
-  _validate_warm_start(c)
 
 
 def _validate_warm_start(c: TrainConfig) -> None:
-  _require(c.warm_start in warm_start.WARM_STARTS,
-           f'--warm_start={c.warm_start!r}: choose one of '
-           f'{warm_start.WARM_STARTS}.')
   _require(0 < c.warm_start_epsilon_share < 1,
            f'--warm_start_epsilon_share={c.warm_start_epsilon_share} must be '
            'in (0, 1).')
-  for name in ('warm_start_steps', 'warm_start_features'):
-    _require(getattr(c, name) >= 1,
-             f'--{name}={getattr(c, name)} must be >= 1.')
-  for name in ('warm_start_length_scale', 'warm_start_lr'):
-    _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
   if c.warm_start == 'none':
     return
   _require(c.target_epsilon is not None,

@@ -60,9 +60,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from dpgan_tf import config as config_lib
+
 keras = tf.keras
 
-GRAD_ENGINES = ('ghost', 'vectorized', 'jacobian')
 
 # loss_fn(records) -> per-record losses [B]; records is a nest of tensors
 # with a leading batch dimension.

@@ -27,7 +27,8 @@ def check_writable_dir(path: str, flag: str) -> None:
     with tempfile.TemporaryFile(dir=existing):
       pass
   except OSError as e:
-    raise OutputDirError(f'{flag}={path} is not writable ({e.strerror}).') from e
+    raise OutputDirError(
+        f'{flag}={path} is not writable ({e.strerror}).') from e
 
 
 def staging_path(path: str) -> str:

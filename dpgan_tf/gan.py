@@ -50,6 +50,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import dp_gradients
 from dpgan_tf import losses
@@ -62,7 +63,6 @@ keras = tf.keras
 # The warm start's streams (warm_start.py), apart from the ones above.
 WARM_START_FREQUENCIES, WARM_START_RELEASE, WARM_START_NOISE = range(100, 103)
 
-FAKE_GRADIENTS = ('paired', 'public')
 
 
 def rng_key(seed, stream: int, counter):
@@ -92,9 +92,9 @@ class GANOptions:
   nonprivate_diagnostics: bool = False
 
   def __post_init__(self):
-    if self.fake_gradient not in FAKE_GRADIENTS:
+    if self.fake_gradient not in config_lib.FAKE_GRADIENTS:
       raise ValueError(f'--fake_gradient={self.fake_gradient!r}: choose one '
-                       f'of {FAKE_GRADIENTS}.')
+                       f'of {config_lib.FAKE_GRADIENTS}.')
 
 
 class ConditionalDPGAN(keras.Model):

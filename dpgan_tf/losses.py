@@ -12,7 +12,8 @@ term is taken on fakes that read no real data (see gan.py); `real_terms` and
 
 import tensorflow as tf
 
-CRITIC_LOSSES = ('wasserstein', 'hinge', 'wgan_gp')
+from dpgan_tf import config as config_lib
+
 
 
 def real_terms(loss: str, real_scores: tf.Tensor) -> tf.Tensor:
@@ -34,7 +35,7 @@ def critic_losses(loss: str, critic, real, fake, labels, interpolation=None,
   """Per-record critic loss [B].
 
   Args:
-    loss: one of CRITIC_LOSSES.
+    loss: one of config_lib.CRITIC_LOSSES.
     critic: (images, labels) -> scores [B].
     real: real images [B, H, W, C] in [-1, 1].
     fake: fake images paired with them, same shape.
@@ -43,8 +44,9 @@ def critic_losses(loss: str, critic, real, fake, labels, interpolation=None,
       gradient penalty is taken (wgan_gp only).
     gp_weight: the penalty's weight (wgan_gp only).
   """
-  if loss not in CRITIC_LOSSES:
-    raise ValueError(f'--loss={loss!r}: choose one of {CRITIC_LOSSES}.')
+  if loss not in config_lib.CRITIC_LOSSES:
+    raise ValueError(f'--loss={loss!r}: choose one of '
+                     f'{config_lib.CRITIC_LOSSES}.')
   losses = (real_terms(loss, critic([real, labels], training=True)) +
             fake_terms(loss, critic([fake, labels], training=True)))
   if loss == 'wgan_gp':

@@ -33,12 +33,10 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from dpgan_tf import config as config_lib
+
 keras = tf.keras
 
-# How the generator doubles its resolution (see module doc).
-UPSAMPLINGS = ('transposed', 'resize')
-# How the critic normalises its convolutions' outputs (see module doc).
-CRITIC_NORMS = ('none', 'layer')
 
 
 class PixelNorm(keras.layers.Layer):
@@ -64,7 +62,8 @@ def _upsample(x, filters: int, upsampling: str):
   if upsampling == 'resize':
     x = keras.layers.UpSampling2D(2, interpolation='nearest')(x)
     return keras.layers.Conv2D(filters, 3, padding='same')(x)
-  raise ValueError(f'upsampling {upsampling!r}: choose one of {UPSAMPLINGS}.')
+  raise ValueError(f'upsampling {upsampling!r}: choose one of '
+                   f'{config_lib.UPSAMPLINGS}.')
 
 
 def build_generator(image_shape: Tuple[int, int, int],
@@ -110,8 +109,9 @@ def build_critic(image_shape: Tuple[int, int, int],
   per-example layer norm; see module doc), then a projection head. Every
   output depends on its own example only.
   """
-  if norm not in CRITIC_NORMS:
-    raise ValueError(f'critic norm {norm!r}: choose one of {CRITIC_NORMS}.')
+  if norm not in config_lib.CRITIC_NORMS:
+    raise ValueError(f'critic norm {norm!r}: choose one of '
+                     f'{config_lib.CRITIC_NORMS}.')
   num_down = _num_upsamplings(image_shape)
   images = keras.Input(image_shape, name='images')
   labels = keras.Input((), dtype=tf.int32, name='labels')

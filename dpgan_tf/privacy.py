@@ -30,10 +30,10 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.dp_query import gaussian_query
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
+from dpgan_tf import config as config_lib
 from dpgan_tf import dp_gradients
 
 ACCOUNTANT = 'rdp'
-SAMPLING_METHODS = ('poisson', 'shuffle')
 
 
 def effective_noise_multiplier(noise_multiplier: float,
@@ -349,9 +349,9 @@ class DPCriticAdamOptimizer(dp_optimizer_keras.GenericDPAdamOptimizer):
                num_microbatches: Optional[int], noise_seed: tf.Variable,
                grad_engine: str = 'ghost', chunk_size: int = 128,
                **adam_kwargs):
-    if grad_engine not in dp_gradients.GRAD_ENGINES:
+    if grad_engine not in config_lib.GRAD_ENGINES:
       raise ValueError(f'--grad_engine={grad_engine!r}: choose one of '
-                       f'{dp_gradients.GRAD_ENGINES}.')
+                       f'{config_lib.GRAD_ENGINES}.')
     super().__init__(
         SeededGaussianSumQuery(l2_norm_clip, l2_norm_clip * noise_multiplier,
                                noise_seed),

@@ -251,36 +251,53 @@ class TrainResult:
   guarantee: str  # privacy.guarantee_statement: figures, accountant, sampling
 
 
-def train(c: config_lib.TrainConfig) -> TrainResult:
-  """Runs (or resumes) training as configured; see module doc."""
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+  """What the run may spend, fixed before its first update."""
+  sigma: float
+  warm_sigma: Optional[float]  # The warm start's, if any.
+  sampling_rate: float
+  curve: privacy.EpsilonCurve
+  generator_steps_per_epoch: int
+  planned_generator_steps: int
+  # The last generator step within the budget (or the planned epochs).
+  total_generator_steps: int
+
+  @property
+  def stopped_by_budget(self) -> bool:
+    return self.total_generator_steps < self.planned_generator_steps
+
+
+def check_before_start(c: config_lib.TrainConfig):
+  """Every check that needs no data, before anything is read or written;
+  returns (strategy, whether this worker is the chief, the dataset's spec,
+  the ledger of the run being resumed or None)."""
+  spec = data_lib.get_spec(c.dataset)
   config_lib.validate(c)
   # Before any TensorFlow op: MultiWorkerMirroredStrategy must configure the
   # collective ops at program startup.
   strategy = make_strategy(c.strategy)
-  chief = is_chief(strategy)
   files.check_writable_dir(c.model_dir, '--model_dir')
   if c.export_dir:
     files.check_writable_dir(c.export_dir, '--export_dir')
-  spec = data_lib.get_spec(c.dataset)
   saved = read_saved_ledger(c.model_dir)
   if saved is not None:
     check_resume(c, saved.as_dict())
     check_resume_warm_start(c, saved.as_dict())
     check_resume_generator_ema(c)
     check_resume_flags(c)
-  train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
-                                    c.manual_dir, c.max_train_examples)
-  n = len(train_split)
-  config_lib.validate_against_data(c, n)
+  return strategy, is_chief(strategy), spec, saved
 
-  # Its seed is known only once the checkpoint is restored (set below).
-  sampler = batching.CriticBatchSampler(train_split, c.batch_size,
-                                            c.sampling, seed=0)
+
+def plan_privacy(c: config_lib.TrainConfig,
+                 saved: Optional[privacy.PrivacyLedger],
+                 sampler: batching.CriticBatchSampler, n: int) -> PrivacyPlan:
+  """sigma (the resumed run's, the flag's, or calibrated to the target) and
+  the last step within the budget."""
   generator_steps_per_epoch = max(1, sampler.steps_per_epoch // c.n_critic)
   planned_generator_steps = max(1, int(c.epochs * generator_steps_per_epoch))
   planned_critic_steps = planned_generator_steps * c.n_critic
   q = sampler.sampling_probability
-
   warm_sigma = planned_warm_start_noise_multiplier(c, saved)
   if saved is not None:
     check_resume(c, saved.as_dict(), n)
@@ -298,17 +315,15 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   if c.target_epsilon is not None:
     allowed_critic_steps = curve.max_steps(c.target_epsilon,
                                            planned_critic_steps)
-  total_generator_steps = allowed_critic_steps // c.n_critic
-  stopped_by_budget = total_generator_steps < planned_generator_steps
+  return PrivacyPlan(sigma, warm_sigma, q, curve, generator_steps_per_epoch,
+                     planned_generator_steps,
+                     allowed_critic_steps // c.n_critic)
 
-  seed = c.seed if c.seed is not None else secrets.randbits(63)
-  tf.keras.utils.set_random_seed(seed % 2**32)
-  # Outside the strategy: the ledger is host-side accounting, not replicated
-  # state (MultiWorkerMirroredStrategy cannot broadcast its strings). The
-  # model counts each critic step once, in cross-replica context.
-  ledger = privacy.PrivacyLedger(sigma, q, c.delta, n, c.microbatch_size,
-                                 c.l2_norm_clip, c.sampling, c.dataset,
-                                 warm_sigma)
+
+def build_model(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec,
+                plan: PrivacyPlan, ledger: privacy.PrivacyLedger,
+                strategy: tf.distribute.Strategy, seed: int):
+  """(model, warm start or None, checkpoint), built in the strategy's scope."""
   with strategy.scope():
     generator = networks.build_generator(spec.image_shape, spec.num_classes,
                                          c.latent_dim, c.generator_width,
@@ -322,15 +337,17 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
     model = gan.ConditionalDPGAN(
         generator, critic, ledger, gan_options(c, spec.num_classes),
         seed=seed, ema_generator=ema_generator)
-    model.compile(*make_optimizers(c, sigma, model.noise_seed))
-    warm = None if warm_sigma is None else warm_start.WarmStart(
+    model.compile(*make_optimizers(c, plan.sigma, model.noise_seed))
+    warm = None if plan.warm_sigma is None else warm_start.WarmStart(
         spec.num_classes, c.warm_start_features, c.warm_start_lr)
-    checkpoint = make_checkpoint(model, warm)
-  # Every worker resumes from the chief's checkpoints (--model_dir on a
-  # shared file system). Saving is collective under
-  # MultiWorkerMirroredStrategy, so every worker saves: the others to a
-  # scratch directory, removed at the end.
-  scratch = None if chief else tempfile.mkdtemp(prefix='dpgan-worker-')
+    return model, warm, make_checkpoint(model, warm)
+
+
+def restore_or_start(c: config_lib.TrainConfig, chief: bool,
+                     checkpoint: tf.train.Checkpoint,
+                     model: gan.ConditionalDPGAN) -> int:
+  """Restores the latest checkpoint, or records the run's flags; returns the
+  generator steps already taken."""
   latest_checkpoint = tf.train.latest_checkpoint(c.model_dir)
   if latest_checkpoint:
     checkpoint.restore(latest_checkpoint).assert_existing_objects_matched()
@@ -338,45 +355,129 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
   elif chief:
     os.makedirs(c.model_dir, exist_ok=True)
     config_lib.write_run_config(c)
-  seed = int(model.seed.numpy())
   done = int(model.generator_steps.numpy())
-  if int(ledger.critic_steps.numpy()) != done * c.n_critic:
+  critic_steps = int(model.ledger.critic_steps.numpy())
+  if critic_steps != done * c.n_critic:
     raise ResumeMismatch(
-        f'--n_critic={c.n_critic}: the checkpoint holds '
-        f'{int(ledger.critic_steps.numpy())} critic steps for {done} generator '
-        'steps; resume with the original --n_critic.')
-  if warm is not None and int(warm.steps.numpy()) < c.warm_start_steps:
-    warm_start.run(c, warm, ledger, generator, ema_generator, train_split,
-                   seed, checkpoint)
-  # After the warm start: the manager takes over its checkpoints' rotation.
-  manager = tf.train.CheckpointManager(checkpoint, scratch or c.model_dir,
-                                       max_to_keep=c.keep_checkpoints)
+        f'--n_critic={c.n_critic}: the checkpoint holds {critic_steps} critic '
+        f'steps for {done} generator steps; resume with the original '
+        '--n_critic.')
+  return done
 
-  sampler.seed = seed
-  monitor = callbacks_lib.PrivacyMonitor(ledger, curve, c.target_epsilon,
-                                         c.log_every, total_generator_steps)
+
+def make_callbacks(c: config_lib.TrainConfig, chief: bool,
+                   spec: data_lib.DatasetSpec, plan: PrivacyPlan,
+                   model: gan.ConditionalDPGAN,
+                   manager: tf.train.CheckpointManager) -> list:
+  """epsilon first, then the divergence guard, checkpoints and (the chief's)
+  TensorBoard logs (callbacks.py)."""
+  monitor = callbacks_lib.PrivacyMonitor(model.ledger, plan.curve,
+                                         c.target_epsilon, c.log_every,
+                                         plan.total_generator_steps)
   cbs = [monitor, callbacks_lib.NonFiniteGuard(),
          callbacks_lib.PeriodicCheckpoint(manager, c.checkpoint_every)]
   if chief:
     cbs.append(callbacks_lib.TensorBoardMonitor(
         os.path.join(c.model_dir, 'train'), spec.num_classes, c.latent_dim,
         c.batch_size * c.n_critic, c.sample_every, c.log_every))
+  return cbs
+
+
+def fit(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
+        sampler: batching.CriticBatchSampler, plan: PrivacyPlan, done: int,
+        cbs: list) -> None:
+  """Generator steps done..total, one Keras epoch per pass over the data."""
   logging.info('Privacy plan: sigma=%.4g q=%.4g delta=%g, %d critic steps '
-               '(%d planned), %s sampling, target epsilon=%s', sigma, q,
-               c.delta, total_generator_steps * c.n_critic,
-               planned_critic_steps, c.sampling, c.target_epsilon)
+               '(%d planned), %s sampling, target epsilon=%s', plan.sigma,
+               plan.sampling_rate, c.delta,
+               plan.total_generator_steps * c.n_critic,
+               plan.planned_generator_steps * c.n_critic, c.sampling,
+               c.target_epsilon)
   verbose = 1 if sys.stdout.isatty() else 0
-  first_epoch = done // generator_steps_per_epoch
-  last_epoch = math.ceil(total_generator_steps / generator_steps_per_epoch)
-  for epoch in range(first_epoch, last_epoch):
-    first = max(done, epoch * generator_steps_per_epoch)
-    last = min(total_generator_steps, (epoch + 1) * generator_steps_per_epoch)
+  per_epoch = plan.generator_steps_per_epoch
+  for epoch in range(done // per_epoch,
+                     math.ceil(plan.total_generator_steps / per_epoch)):
+    first = max(done, epoch * per_epoch)
+    last = min(plan.total_generator_steps, (epoch + 1) * per_epoch)
     if last <= first:
       continue
     model.fit(sampler.dataset(first, last, c.n_critic), epochs=epoch + 1,
               initial_epoch=epoch, steps_per_epoch=last - first,
               callbacks=cbs, verbose=verbose)
 
+
+def final_message(c: config_lib.TrainConfig, plan: PrivacyPlan, done: int,
+                  trained: int) -> str:
+  if trained == 0:
+    message = (f'Nothing to train: the run in {c.model_dir} already took '
+               f'{done} of {plan.total_generator_steps} generator steps '
+               'allowed')
+    if plan.stopped_by_budget:
+      message += (f' by the privacy budget (target epsilon '
+                  f'{c.target_epsilon}); raise --target_epsilon to continue')
+    return message + '.'
+  if plan.stopped_by_budget:
+    return (f'Stopped at the last step within the privacy budget '
+            f'(target epsilon {c.target_epsilon}) before the planned '
+            f'{c.epochs} epochs.')
+  return 'Training finished.'
+
+
+def export(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
+           spec: data_lib.DatasetSpec, scratch: Optional[str]) -> Optional[str]:
+  """A new export version once more steps are taken or the sampling changes;
+  returns its path (None if none was written, or on a non-chief worker)."""
+  if not c.export_dir:
+    return None
+  latest = export_lib.latest_metadata(c.export_dir)
+  steps = int(model.ledger.critic_steps.numpy())
+  if latest is not None and (latest.get('critic_steps'),
+                             export_lib.sample_candidates_of(latest)) == (
+                                 steps, c.sample_candidates):
+    return None
+  # Like checkpoints, the other workers write theirs to scratch.
+  path = export_lib.export_generator(
+      model.sampling_generator, scratch or c.export_dir, c.latent_dim,
+      export_metadata(c, model.ledger, spec), model.critic,
+      c.sample_candidates)
+  return None if scratch else path
+
+
+def train(c: config_lib.TrainConfig) -> TrainResult:
+  """Runs (or resumes) training as configured; see module doc."""
+  strategy, chief, spec, saved = check_before_start(c)
+  train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
+                                    c.manual_dir, c.max_train_examples)
+  n = len(train_split)
+  config_lib.validate_against_data(c, n)
+  # Its seed is known only once the checkpoint is restored (set below).
+  sampler = batching.CriticBatchSampler(train_split, c.batch_size,
+                                        c.sampling, seed=0)
+  plan = plan_privacy(c, saved, sampler, n)
+  seed = c.seed if c.seed is not None else secrets.randbits(63)
+  tf.keras.utils.set_random_seed(seed % 2**32)
+  # Outside the strategy: the ledger is host-side accounting, not replicated
+  # state (MultiWorkerMirroredStrategy cannot broadcast its strings). The
+  # model counts each critic step once, in cross-replica context.
+  ledger = privacy.PrivacyLedger(plan.sigma, plan.sampling_rate, c.delta, n,
+                                 c.microbatch_size, c.l2_norm_clip,
+                                 c.sampling, c.dataset, plan.warm_sigma)
+  model, warm, checkpoint = build_model(c, spec, plan, ledger, strategy, seed)
+  # Every worker resumes from the chief's checkpoints (--model_dir on a
+  # shared file system). Saving is collective under
+  # MultiWorkerMirroredStrategy, so every worker saves: the others to a
+  # scratch directory, removed at the end.
+  scratch = None if chief else tempfile.mkdtemp(prefix='dpgan-worker-')
+  done = restore_or_start(c, chief, checkpoint, model)
+  sampler.seed = seed = int(model.seed.numpy())
+  if warm is not None and int(warm.steps.numpy()) < c.warm_start_steps:
+    warm_start.run(c, warm, ledger, model.generator, model.ema_generator,
+                   train_split, seed, checkpoint)
+  # After the warm start: the manager takes over its checkpoints' rotation.
+  manager = tf.train.CheckpointManager(checkpoint, scratch or c.model_dir,
+                                       max_to_keep=c.keep_checkpoints)
+  fit(c, model, sampler, plan, done,
+      make_callbacks(c, chief, spec, plan, model, manager))
   trained = int(model.generator_steps.numpy()) - done
   if chief:
     image_grid.write_png(
@@ -384,37 +485,11 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         image_grid.from_generator(model.sampling_generator, spec.num_classes,
                                   c.latent_dim, per_class=10),
         spec.class_names)
-  epsilon = ledger.epsilon()
-  if trained == 0:
-    message = (f'Nothing to train: the run in {c.model_dir} already took '
-               f'{done} of {total_generator_steps} generator steps allowed')
-    if stopped_by_budget:
-      message += (f' by the privacy budget (target epsilon '
-                  f'{c.target_epsilon}); raise --target_epsilon to continue')
-    message += '.'
-  elif stopped_by_budget:
-    message = (f'Stopped at the last step within the privacy budget '
-               f'(target epsilon {c.target_epsilon}) before the planned '
-               f'{c.epochs} epochs.')
-  else:
-    message = 'Training finished.'
-
-  export_path = None
-  if c.export_dir:
-    latest = export_lib.latest_metadata(c.export_dir)
-    # A new version once more steps are taken or the sampling changes.
-    if latest is None or (latest.get('critic_steps'),
-                          export_lib.sample_candidates_of(latest)) != (
-                              int(ledger.critic_steps.numpy()),
-                              c.sample_candidates):
-      # Like checkpoints, the other workers write theirs to scratch.
-      path = export_lib.export_generator(
-          model.sampling_generator, scratch or c.export_dir, c.latent_dim,
-          export_metadata(c, ledger, spec), model.critic, c.sample_candidates)
-      export_path = None if scratch else path
+  export_path = export(c, model, spec, scratch)
   if scratch:
     shutil.rmtree(scratch, ignore_errors=True)
-  return TrainResult(epsilon, int(ledger.critic_steps.numpy()),
+  return TrainResult(ledger.epsilon(), int(ledger.critic_steps.numpy()),
                      int(model.generator_steps.numpy()), export_path,
-                     stopped_by_budget, message,
+                     plan.stopped_by_budget,
+                     final_message(c, plan, done, trained),
                      privacy.guarantee_statement(ledger))

@@ -43,11 +43,11 @@ import numpy as np
 import tensorflow as tf
 
 from dpgan_tf import callbacks as callbacks_lib
+from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import gan
 from dpgan_tf import privacy
 
-WARM_STARTS = ('none', 'mean_embedding')
 # b, the share of an example's unit vector that counts it (see module doc).
 COUNT_WEIGHT = 0.1
 CHECKPOINT_NAME = 'warm_start'

@@ -130,7 +130,7 @@ def test_public_fake_gradient_is_noised_real_mean_plus_clipped_fake_mean():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('fake_gradient', gan.FAKE_GRADIENTS)
+@pytest.mark.parametrize('fake_gradient', config_lib.FAKE_GRADIENTS)
 def test_one_real_example_moves_the_update_by_at_most_clip_over_b(
     fake_gradient):
   """The sensitivity the accountant assumes, for both ways of taking the

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpgan_tf import config as config_lib
 from dpgan_tf import networks
 
 
-@pytest.mark.parametrize('upsampling', networks.UPSAMPLINGS)
+@pytest.mark.parametrize('upsampling', config_lib.UPSAMPLINGS)
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
 def test_shapes_and_ranges(shape, upsampling):
   generator = networks.build_generator(shape, 10, latent_dim=16, width=8,
@@ -22,15 +23,16 @@ def test_shapes_and_ranges(shape, upsampling):
 
 def test_no_batch_norm_anywhere():
   for model in (*(networks.build_generator((28, 28, 1), 10, upsampling=u)
-                  for u in networks.UPSAMPLINGS),
+                  for u in config_lib.UPSAMPLINGS),
                 *(networks.build_critic((28, 28, 1), 10, norm=n)
-                  for n in networks.CRITIC_NORMS)):
+                  for n in config_lib.CRITIC_NORMS)):
     assert not any(isinstance(l, tf.keras.layers.BatchNormalization)
                    for l in model.layers)
 
 
 @pytest.mark.parametrize('upsampling,critic_norm',
-                         zip(networks.UPSAMPLINGS, networks.CRITIC_NORMS[::-1]))
+                         zip(config_lib.UPSAMPLINGS,
+                             config_lib.CRITIC_NORMS[::-1]))
 def test_outputs_depend_on_own_example_only(upsampling, critic_norm):
   """Per-example clipping and record pairing rely on this (see networks.py)."""
   generator = networks.build_generator((28, 28, 1), 10, latent_dim=16, width=8,
@@ -60,7 +62,7 @@ def test_unsupported_shape_is_rejected():
 def test_upsamplings_build_different_layers():
   """--generator_upsampling changes the network, not only its name."""
   layers = {u: {type(l).__name__ for l in networks.build_generator(
-      (28, 28, 1), 10, upsampling=u).layers} for u in networks.UPSAMPLINGS}
+      (28, 28, 1), 10, upsampling=u).layers} for u in config_lib.UPSAMPLINGS}
   assert 'Conv2DTranspose' in layers['transposed']
   assert 'UpSampling2D' not in layers['transposed']
   assert {'UpSampling2D', 'Conv2D'} <= layers['resize']

@@ -49,7 +49,7 @@ def _batch(labels, seed):
           tf.constant(labels, tf.int32))
 
 
-@pytest.mark.parametrize('fake_gradient', gan.FAKE_GRADIENTS)
+@pytest.mark.parametrize('fake_gradient', config_lib.FAKE_GRADIENTS)
 def test_default_metrics_and_generator_ignore_the_real_batch(fake_gradient):
   """Different labels, different sizes, an empty batch: one train_step from
   the same weights gives the same default metrics and generator."""
