@@ -187,50 +187,83 @@ def load_split(dataset: str,
   spec = get_spec(dataset)
   if manual_dir:
     check_manual_dir(spec, manual_dir)
-  tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
   root = data_dir or tfds.core.constants.DATA_DIR
-  kwargs = {}
-  if manual_dir:
-    # tfds extracts manual files to <download_dir>/extracted/GZIP.<file name>
-    # and reuses what it finds there. MNIST and Fashion-MNIST share the file
-    # names, so with tfds's one download_dir per data_dir the second dataset
-    # prepared would be built from the first one's images: each dataset gets
-    # its own.
-    kwargs['download_and_prepare_kwargs'] = {
-        'download_dir': os.path.join(root, 'downloads', spec.tfds_name),
-        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir),
-    }
+  ds = _load_tfds(spec, split, data_dir, root, manual_dir, max_examples)
+  images, labels = _read_into_memory(spec, split, _image_label_pairs(spec, ds))
+  _check_first_image(spec, split, images[0],
+                     os.path.join(root, spec.tfds_name))
+  return LabeledImages(images, labels, spec)
+
+
+def _offline_prepare_kwargs(spec: DatasetSpec, root: str,
+                            manual_dir: Optional[str]) -> dict:
+  """tfds.load kwargs that prepare from `manual_dir` (none without one).
+
+  tfds extracts manual files to <download_dir>/extracted/GZIP.<file name>
+  and reuses what it finds there. MNIST and Fashion-MNIST share the file
+  names, so with tfds's one download_dir per data_dir the second dataset
+  prepared would be built from the first one's images: each dataset gets its
+  own.
+  """
+  if not manual_dir:
+    return {}
+  return {'download_and_prepare_kwargs': {
+      'download_dir': os.path.join(root, 'downloads', spec.tfds_name),
+      'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir),
+  }}
+
+
+def _load_tfds(spec: DatasetSpec, split: str, data_dir: Optional[str],
+               root: str, manual_dir: Optional[str],
+               max_examples: Optional[int]) -> tf.data.Dataset:
+  """The split's tfds examples, prepared first if need be.
+
+  tfds raises many unrelated types when it cannot prepare or read; they all
+  become one DataError naming the flag to look at.
+  """
+  tfds_split = split if not max_examples else f'{split}[:{max_examples}]'
+  kwargs = _offline_prepare_kwargs(spec, root, manual_dir)
   tfds.disable_progress_bar()
   try:
-    ds = tfds.load(spec.tfds_name, split=tfds_split,
-                   data_dir=data_dir, shuffle_files=False, **kwargs)
-  except Exception as e:  # tfds raises many unrelated types here.
+    return tfds.load(spec.tfds_name, split=tfds_split,
+                     data_dir=data_dir, shuffle_files=False, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
     where = f'--manual_dir={manual_dir}' if manual_dir else (
         f'--data_dir={data_dir}')
-    raise DataError(f'could not load {dataset}/{split} ({where}): '
+    raise DataError(f'could not load {spec.name}/{split} ({where}): '
                     f'{type(e).__name__}: {e}') from e
 
+
+def _image_label_pairs(spec: DatasetSpec,
+                       ds: tf.data.Dataset) -> tf.data.Dataset:
+  """(uint8 image, int32 class) pairs; CelebA's class is CELEB_A_ATTRIBUTE,
+  its faces cropped and resized to the spec's size."""
   if spec.tfds_name == 'celeb_a':
     size = spec.image_shape[0]
-    ds = ds.map(lambda ex: (_center_crop_resize(ex['image'], size),
-                            tf.cast(ex['attributes'][CELEB_A_ATTRIBUTE],
-                                    tf.int32)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+    return ds.map(lambda ex: (_center_crop_resize(ex['image'], size),
+                              tf.cast(ex['attributes'][CELEB_A_ATTRIBUTE],
+                                      tf.int32)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+
+
+def _read_into_memory(spec: DatasetSpec, split: str,
+                      ds: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(uint8 images, int32 labels) of the whole split, shape checked.
+
+  Poisson sampling needs random access to every example (module doc).
+  """
   images, labels = [], []
   for x, y in ds.batch(4096).as_numpy_iterator():
     images.append(x)
     labels.append(y)
   if not images:
-    raise DataError(f'{dataset}/{split} is empty.')
+    raise DataError(f'{spec.name}/{split} is empty.')
   images = np.concatenate(images)
   if images.shape[1:] != spec.image_shape:
-    raise DataError(f'{dataset}/{split}: images have shape {images.shape[1:]}, '
-                    f'expected {spec.image_shape}.')
-  _check_first_image(spec, split, images[0],
-                     os.path.join(root, spec.tfds_name))
-  return LabeledImages(images, np.concatenate(labels).astype(np.int32), spec)
+    raise DataError(f'{spec.name}/{split}: images have shape '
+                    f'{images.shape[1:]}, expected {spec.image_shape}.')
+  return images, np.concatenate(labels).astype(np.int32)
 
 
 def _check_first_image(spec: DatasetSpec, split: str, image: np.ndarray,

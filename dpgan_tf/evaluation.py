@@ -346,6 +346,71 @@ def _versions(mia_implementation: Optional[str]) -> dict:
           'membership_attack': mia_implementation}
 
 
+@dataclasses.dataclass
+class _RealData:
+  """The real examples an evaluation reads, and how the report names them."""
+  train: data_lib.LabeledImages  # Feature classifier; membership members.
+  held: data_lib.LabeledImages  # What every metric tests on.
+  real_pool: data_lib.LabeledImages  # Ceiling and FID floor draw from it.
+  held_out: dict  # The report's description of `held`.
+
+
+def _load_validation_data(c: EvalConfig, spec: data_lib.DatasetSpec,
+                          k: int) -> _RealData:
+  """Held out: training examples [K, K + V); the test set is never read."""
+  train, held = validation_split(c, k)
+  # The run's own training examples, for the ceiling and the FID floor.
+  real_pool = data_lib.LabeledImages(train.images[:k], train.labels[:k], spec)
+  return _RealData(train, held, real_pool, {
+      'split': 'validation', 'examples': len(held),
+      'range': f'train[{k}:{k + len(held)}]',
+      'note': f'training examples the run did not use (it kept the first '
+              f'{k}); the test set was not read'})
+
+
+def _load_test_data(c: EvalConfig, k: int) -> _RealData:
+  """Held out: the test split, to report."""
+  held = _load_split(c, 'test')
+  _require(c.fid_samples <= len(held),
+           f'--fid_samples={c.fid_samples} exceeds the {len(held)} '
+           f'{c.dataset} test examples.')
+  train = _load_split(c, 'train', max(c.num_samples,
+                                      classifier.FEATURE_TRAIN_EXAMPLES, k))
+  return _RealData(train, held, train, {
+      'split': 'test', 'examples': len(held), 'range': 'test',
+      'note': 'the test split'})
+
+
+def _load_real_data(c: EvalConfig, checked: _Checked) -> _RealData:
+  """The real examples of `eval_split` (module doc)."""
+  k = (checked.run_config or {}).get('max_train_examples') or 0
+  if c.eval_split == 'validation':
+    return _load_validation_data(c, checked.spec, k)
+  return _load_test_data(c, k)
+
+
+def _synthetic_runs(c: EvalConfig, module, spec: data_lib.DatasetSpec,
+                    held: data_lib.LabeledImages,
+                    first_draw: Tuple[np.ndarray, np.ndarray]) -> list:
+  """The CNN trained on samples, once per --downstream_runs.
+
+  Run i is what --seed=seed+i measures alone (its samples and
+  initialisation): one draw varies by about a point at epsilon=1
+  (docs/results.md, "Evaluation noise"), so comparisons want several.
+  """
+  runs = []
+  for run in range(c.downstream_runs):
+    seed = c.seed + run
+    images, labels = (first_draw if run == 0 else generate_samples(
+        module, spec.num_classes, c.num_samples, seed))
+    model = classifier.train_classifier(
+        images, labels, spec.image_shape, spec.num_classes,
+        classifier.DOWNSTREAM, seed, name='synthetic-trained')
+    runs.append({'seed': seed, 'test_accuracy': classifier.accuracy(
+        model, held.images, held.labels)})
+  return runs
+
+
 def _real_ceiling(c: EvalConfig, spec: data_lib.DatasetSpec,
                   real_pool: data_lib.LabeledImages,
                   held: data_lib.LabeledImages, rng) -> dict:
@@ -362,160 +427,171 @@ def _real_ceiling(c: EvalConfig, spec: data_lib.DatasetSpec,
                                                held.labels)}
 
 
-def _fidelity_and_membership(c: EvalConfig, checked: _Checked, train, held,
-                             real_pool, fake_images: np.ndarray, rng,
+def _downstream(c: EvalConfig, module, spec: data_lib.DatasetSpec,
+                real: _RealData, first_draw, rng) -> dict:
+  """Train on synthetic / test on real, beside the real-data ceiling
+  (skipped with --downstream_only, which measures the samples alone)."""
+  synthetic_runs = _synthetic_runs(c, module, spec, real.held, first_draw)
+  accuracies = [r['test_accuracy'] for r in synthetic_runs]
+  return {
+      **classifier.describe(),
+      'test_examples': len(real.held),
+      'synthetic': {
+          'train_examples': c.num_samples,
+          'test_accuracy': float(np.mean(accuracies)),
+          # Sample s.d. over the runs; undefined for one run.
+          'test_accuracy_std': (float(np.std(accuracies, ddof=1))
+                                if len(accuracies) > 1 else None),
+          'runs': synthetic_runs},
+      'real': (None if c.downstream_only else
+               _real_ceiling(c, spec, real.real_pool, real.held, rng)),
+  }
+
+
+def _domain_fidelity(c: EvalConfig, spec: data_lib.DatasetSpec,
+                     real: _RealData, fake_fid, held_fid, train_fid) -> dict:
+  """Fidelity in the dataset's own feature network, which needs no download
+  (so it is always there), with real train vs held-out as the floor."""
+  feature_model, feature_info = classifier.load_or_train_feature_classifier(
+      c.dataset, real.train.images, real.train.labels, spec.image_shape,
+      spec.num_classes, c.feature_cache_dir, c.seed)
+  feature_info['test_accuracy'] = classifier.accuracy(
+      feature_model, real.held.images, real.held.labels)
+  return {
+      'name': f'Fréchet distance in {c.dataset} classifier features '
+              '(not Inception FID)',
+      'feature_classifier': feature_info,
+      **fidelity(*(classifier.features(feature_model, x)
+                   for x in (fake_fid, held_fid, train_fid))),
+  }
+
+
+def _inception_fidelity(c: EvalConfig, fake_fid, held_fid) -> dict:
+  """FID proper, or why it is missing: the weights may be unavailable
+  offline, and the rest of the report must not depend on them."""
+  inception_model, why_not = load_inception(c.inception_weights)
+  if inception_model is None:
+    logging.warning('Inception FID skipped: %s', why_not)
+    return {'available': False, **why_not}
+  return {'available': True, 'weights': c.inception_weights,
+          **fidelity(inception_features(inception_model, fake_fid),
+                     inception_features(inception_model, held_fid))}
+
+
+def _fidelity_and_membership(c: EvalConfig, checked: _Checked,
+                             real: _RealData, fake_images: np.ndarray, rng,
                              timer: _Timer):
   """(domain fidelity, Inception fidelity, membership inference)."""
-  spec = checked.spec
   fake_fid = fake_images[:c.fid_samples]
-  held_fid = held.images[np.sort(rng.choice(len(held), c.fid_samples,
-                                            replace=False))]
-  train_fid = real_pool.images[np.sort(rng.choice(len(real_pool), min(
-      c.fid_samples, len(real_pool)), replace=False))]
+  held_fid = real.held.images[np.sort(rng.choice(
+      len(real.held), c.fid_samples, replace=False))]
+  train_fid = real.real_pool.images[np.sort(rng.choice(
+      len(real.real_pool), min(c.fid_samples, len(real.real_pool)),
+      replace=False))]
   with timer('domain features'):
-    feature_model, feature_info = classifier.load_or_train_feature_classifier(
-        c.dataset, train.images, train.labels, spec.image_shape,
-        spec.num_classes, c.feature_cache_dir, c.seed)
-    feature_info['test_accuracy'] = classifier.accuracy(
-        feature_model, held.images, held.labels)
-    domain = {
-        'name': f'Fréchet distance in {c.dataset} classifier features '
-                '(not Inception FID)',
-        'feature_classifier': feature_info,
-        **fidelity(*(classifier.features(feature_model, x)
-                     for x in (fake_fid, held_fid, train_fid))),
-    }
+    domain = _domain_fidelity(c, checked.spec, real, fake_fid, held_fid,
+                              train_fid)
   with timer('inception features'):
-    inception_model, why_not = load_inception(c.inception_weights)
-    if inception_model is None:
-      logging.warning('Inception FID skipped: %s', why_not)
-      inception = {'available': False, **why_not}
-    else:
-      inception = {'available': True, 'weights': c.inception_weights,
-                   **fidelity(inception_features(inception_model, fake_fid),
-                              inception_features(inception_model, held_fid))}
-
-  if c.model_dir:
-    with timer('membership inference'):
-      attack = membership.attack_critic(c.model_dir, spec, train, held,
-                                        c.seed, checked.run_config)
-  else:
-    attack = {'skipped': 'no --model_dir (the training run) given'}
-
+    inception = _inception_fidelity(c, fake_fid, held_fid)
+  if not c.model_dir:
+    return domain, inception, {
+        'skipped': 'no --model_dir (the training run) given'}
+  with timer('membership inference'):
+    attack = membership.attack_critic(c.model_dir, checked.spec, real.train,
+                                      real.held, c.seed, checked.run_config)
   return domain, inception, attack
 
 
-def evaluate(c: EvalConfig) -> dict:
-  """Runs the whole evaluation and writes its outputs; returns the report."""
-  checked = validate(c)
-  spec, metadata = checked.spec, checked.metadata
-  timer = _Timer()
-  k = (checked.run_config or {}).get('max_train_examples') or 0
-  with timer('load data'):
-    module = load_generator(checked.version_dir, spec)
-    if c.eval_split == 'validation':
-      train, held = validation_split(c, k)
-      # The run's own training examples, for the ceiling and the FID floor.
-      real_pool = data_lib.LabeledImages(train.images[:k], train.labels[:k],
-                                         spec)
-      held_out = {'split': 'validation', 'examples': len(held),
-                  'range': f'train[{k}:{k + len(held)}]',
-                  'note': f'training examples the run did not use (it kept '
-                          f'the first {k}); the test set was not read'}
-    else:
-      held = _load_split(c, 'test')
-      _require(c.fid_samples <= len(held),
-               f'--fid_samples={c.fid_samples} exceeds the {len(held)} '
-               f'{c.dataset} test examples.')
-      train = _load_split(c, 'train', max(c.num_samples,
-                                          classifier.FEATURE_TRAIN_EXAMPLES,
-                                          k))
-      real_pool = train
-      held_out = {'split': 'test', 'examples': len(held), 'range': 'test',
-                  'note': 'the test split'}
-  rng = np.random.default_rng(c.seed)
-  with timer('generate'):
-    fake_images, fake_labels = generate_samples(module, spec.num_classes,
-                                                c.num_samples, c.seed)
-    grid = image_grid.from_export(module, metadata['num_classes'], 10, c.seed)
+def _skipped_by_downstream_only():
+  """(domain, Inception, membership) entries of a --downstream_only report."""
+  skipped = 'skipped: --downstream_only'
+  return ({'skipped': skipped}, {'available': False, 'reason': skipped},
+          {'skipped': skipped})
 
-  with timer('downstream classifiers'):
-    # Run i is what --seed=seed+i measures alone (its samples and
-    # initialisation): one draw varies by about a point at epsilon=1
-    # (docs/results.md, "Evaluation noise"), so comparisons want several.
-    synthetic_runs = []
-    for run in range(c.downstream_runs):
-      seed = c.seed + run
-      images, labels = ((fake_images, fake_labels) if run == 0 else
-                        generate_samples(module, spec.num_classes,
-                                         c.num_samples, seed))
-      model = classifier.train_classifier(
-          images, labels, spec.image_shape, spec.num_classes,
-          classifier.DOWNSTREAM, seed, name='synthetic-trained')
-      synthetic_runs.append({'seed': seed,
-                             'test_accuracy': classifier.accuracy(
-                                 model, held.images, held.labels)})
-    synthetic_accuracies = [r['test_accuracy'] for r in synthetic_runs]
-    downstream = {
-        **classifier.describe(),
-        'test_examples': len(held),
-        'synthetic': {
-            'train_examples': c.num_samples,
-            'test_accuracy': float(np.mean(synthetic_accuracies)),
-            # Sample s.d. over the runs; undefined for one run.
-            'test_accuracy_std': (float(np.std(synthetic_accuracies, ddof=1))
-                                  if len(synthetic_accuracies) > 1 else None),
-            'runs': synthetic_runs},
-        'real': (None if c.downstream_only else
-                 _real_ceiling(c, spec, real_pool, held, rng)),
-    }
-  if c.downstream_only:
-    skipped = 'skipped: --downstream_only'
-    domain = {'skipped': skipped}
-    inception = {'available': False, 'reason': skipped}
-    attack = {'skipped': skipped}
-  else:
-    domain, inception, attack = _fidelity_and_membership(
-        c, checked, train, held, real_pool, fake_images, rng, timer)
 
+def _privacy(metadata: dict) -> dict:
+  """The accounted guarantee from the export's dpgan.json, and the
+  membership advantage it bounds (to set beside the measured one)."""
   privacy = {key: metadata.get(key) for key in (
       'epsilon', 'delta', 'guarantee', 'noise_multiplier', 'sampling_rate',
       'sampling', 'critic_steps', 'accountant', 'dataset_size')}
   if metadata.get('epsilon') is not None:
     privacy['advantage_bound'] = membership.advantage_bound(
         metadata['epsilon'], metadata['delta'])
-  report = {
+  return privacy
+
+
+def _headline_metrics(downstream: dict, domain: dict, inception: dict,
+                      attack: dict) -> dict:
+  """One number per METRIC_KEYS entry (None where skipped), for tables and
+  TensorBoard."""
+  return {
+      'accuracy_synthetic': downstream['synthetic']['test_accuracy'],
+      'accuracy_synthetic_std': downstream['synthetic']['test_accuracy_std'],
+      'accuracy_real': (downstream['real'] or {}).get('test_accuracy'),
+      'domain_fid': domain.get('fid'),
+      'domain_precision': domain.get('precision'),
+      'domain_recall': domain.get('recall'),
+      'inception_fid': inception.get('fid'),
+      'inception_precision': inception.get('precision'),
+      'inception_recall': inception.get('recall'),
+      'mia_auc': attack.get('auc'),
+      'mia_advantage': attack.get('advantage'),
+  }
+
+
+def _report(c: EvalConfig, checked: _Checked, held_out: dict,
+            downstream: dict, domain: dict, inception: dict, attack: dict,
+            timings: dict) -> dict:
+  """The report, its keys in REPORT_KEYS order."""
+  return {
       'dataset': c.dataset,
       'held_out': held_out,
       'export': {'path': checked.version_dir,
                  'version': os.path.basename(checked.version_dir),
                  # Best of this many candidates by critic score (export.py).
                  'sample_candidates': export_lib.sample_candidates_of(
-                     metadata)},
-      'privacy': privacy,
-      'metrics': {
-          'accuracy_synthetic': downstream['synthetic']['test_accuracy'],
-          'accuracy_synthetic_std': downstream['synthetic'][
-              'test_accuracy_std'],
-          'accuracy_real': (downstream['real'] or {}).get('test_accuracy'),
-          'domain_fid': domain.get('fid'),
-          'domain_precision': domain.get('precision'),
-          'domain_recall': domain.get('recall'),
-          'inception_fid': inception.get('fid'),
-          'inception_precision': inception.get('precision'),
-          'inception_recall': inception.get('recall'),
-          'mia_auc': attack.get('auc'),
-          'mia_advantage': attack.get('advantage'),
-      },
+                     checked.metadata)},
+      'privacy': _privacy(checked.metadata),
+      'metrics': _headline_metrics(downstream, domain, inception, attack),
       'downstream': downstream,
       'fidelity': {'fid_samples': c.fid_samples, 'domain': domain,
                    'inception': inception},
       'membership_inference': attack,
       'samples_png': c.samples_png,
       'config': dataclasses.asdict(c),
-      'timings_s': timer.seconds,
+      'timings_s': timings,
       'versions': _versions(attack.get('implementation')),
   }
+
+
+def evaluate(c: EvalConfig) -> dict:
+  """Runs the whole evaluation and writes its outputs; returns the report.
+
+  Every check that can fail runs before any metric, and the outputs are
+  written last (module doc). One generator of `c.seed` draws every real
+  subset, the ceiling's before the FID subsets'.
+  """
+  checked = validate(c)
+  spec, metadata = checked.spec, checked.metadata
+  timer = _Timer()
+  with timer('load data'):
+    module = load_generator(checked.version_dir, spec)
+    real = _load_real_data(c, checked)
+  rng = np.random.default_rng(c.seed)
+  with timer('generate'):
+    first_draw = generate_samples(module, spec.num_classes, c.num_samples,
+                                  c.seed)
+    grid = image_grid.from_export(module, metadata['num_classes'], 10, c.seed)
+  with timer('downstream classifiers'):
+    downstream = _downstream(c, module, spec, real, first_draw, rng)
+  if c.downstream_only:
+    domain, inception, attack = _skipped_by_downstream_only()
+  else:
+    domain, inception, attack = _fidelity_and_membership(
+        c, checked, real, first_draw[0], rng, timer)
+  report = _report(c, checked, real.held_out, downstream, domain, inception,
+                   attack, timer.seconds)
   class_names = metadata.get('class_names') or [
       str(k) for k in range(metadata['num_classes'])]
   write_outputs(c, report, grid, class_names,
@@ -545,58 +621,78 @@ def _fmt(value, spec: str = '.4f') -> str:
 
 def summary(report: dict) -> str:
   """The report on one screen."""
-  m = report['metrics']
-  privacy = report['privacy']
-  domain = report['fidelity']['domain']
-  downstream = report['downstream']
-  inception = report['fidelity']['inception']
-  attack = report['membership_inference']
+  lines = [
+      f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
+      f'  Guarantee: {report["privacy"].get("guarantee")}',
+      *_downstream_lines(report),
+      *_domain_lines(report),
+      _inception_line(report),
+      *_membership_lines(report),
+      f'  Samples: {report["samples_png"]}',
+      '  Timings (s): ' + ', '.join(
+          f'{k} {v:.0f}' for k, v in report['timings_s'].items()),
+  ]
+  return '\n'.join(lines)
+
+
+def _downstream_lines(report: dict) -> list:
+  """Synthetic-trained accuracy (with its spread over several runs) beside
+  the real-data ceiling, when measured."""
+  m, downstream = report['metrics'], report['downstream']
   runs = downstream['synthetic']['runs']
   spread = (f' (mean of {len(runs)} runs, s.d. '
             f'{_fmt(m["accuracy_synthetic_std"])})' if len(runs) > 1 else '')
   ceiling = ('' if downstream['real'] is None else
              f'   {downstream["real"]["train_examples"]} real examples '
              f'(ceiling) {_fmt(m["accuracy_real"])}')
-  lines = [
-      f'DPGAN evaluation: {report["export"]["path"]} on {report["dataset"]}',
-      f'  Guarantee: {privacy.get("guarantee")}',
+  return [
       f'  Accuracy on {downstream["test_examples"]} real held-out images '
       f'({report["held_out"]["range"]}) of the fixed CNN trained on',
       f'    {downstream["synthetic"]["train_examples"]} samples '
       f'{_fmt(m["accuracy_synthetic"])}{spread}{ceiling}',
   ]
+
+
+def _domain_lines(report: dict) -> list:
+  """Domain fidelity beside its real-vs-real floor, or why it was skipped."""
+  m, domain = report['metrics'], report['fidelity']['domain']
   if 'skipped' in domain:
-    lines.append(f'  Fidelity: {domain["skipped"]}')
-  else:
-    lines += [
-        f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
-        f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs '
-        f'held-out: {_fmt(domain["real_reference"]["fid"], ".3f")})',
-        f'    precision {_fmt(m["domain_precision"])} recall '
-        f'{_fmt(m["domain_recall"])} (real: '
-        f'{_fmt(domain["real_reference"]["precision"])} / '
-        f'{_fmt(domain["real_reference"]["recall"])})',
-    ]
-  if inception['available']:
-    lines.append(f'  Inception FID {_fmt(m["inception_fid"], ".3f")} '
-                 f'precision {_fmt(m["inception_precision"])} recall '
-                 f'{_fmt(m["inception_recall"])}')
-  else:
-    lines.append(f'  Inception FID: n/a ({inception["reason"]})')
+    return [f'  Fidelity: {domain["skipped"]}']
+  floor = domain['real_reference']
+  return [
+      f'  {domain["name"]}, {report["fidelity"]["fid_samples"]} samples:',
+      f'    domain_fid {_fmt(m["domain_fid"], ".3f")} (real train vs '
+      f'held-out: {_fmt(floor["fid"], ".3f")})',
+      f'    precision {_fmt(m["domain_precision"])} recall '
+      f'{_fmt(m["domain_recall"])} (real: {_fmt(floor["precision"])} / '
+      f'{_fmt(floor["recall"])})',
+  ]
+
+
+def _inception_line(report: dict) -> str:
+  """Inception FID, or why it is missing."""
+  m, inception = report['metrics'], report['fidelity']['inception']
+  if not inception['available']:
+    return f'  Inception FID: n/a ({inception["reason"]})'
+  return (f'  Inception FID {_fmt(m["inception_fid"], ".3f")} '
+          f'precision {_fmt(m["inception_precision"])} recall '
+          f'{_fmt(m["inception_recall"])}')
+
+
+def _membership_lines(report: dict) -> list:
+  """Each attack's measured advantage, beside the bound the guarantee puts
+  on it."""
+  attack, privacy = report['membership_inference'], report['privacy']
   if 'skipped' in attack:
-    lines.append(f'  Membership inference: {attack["skipped"]}')
-  else:
-    lines.append(
-        f'  Membership inference on the critic ({attack["implementation"]}, '
-        f'{attack["num_members"]} members vs {attack["num_nonmembers"]} '
-        'non-members):')
-    for name, result in sorted(attack['attacks'].items()):
-      lines.append(f'    {name}: AUC {_fmt(result["auc"])} advantage '
-                   f'{_fmt(result["advantage"])}')
-    if privacy.get('advantage_bound') is not None:
-      lines.append(f'    (bound from the guarantee: advantage <= '
-                   f'{_fmt(privacy["advantage_bound"])})')
-  lines.append(f'  Samples: {report["samples_png"]}')
-  lines.append('  Timings (s): ' + ', '.join(
-      f'{k} {v:.0f}' for k, v in report['timings_s'].items()))
-  return '\n'.join(lines)
+    return [f'  Membership inference: {attack["skipped"]}']
+  lines = [
+      f'  Membership inference on the critic ({attack["implementation"]}, '
+      f'{attack["num_members"]} members vs {attack["num_nonmembers"]} '
+      'non-members):']
+  for name, result in sorted(attack['attacks'].items()):
+    lines.append(f'    {name}: AUC {_fmt(result["auc"])} advantage '
+                 f'{_fmt(result["advantage"])}')
+  if privacy.get('advantage_bound') is not None:
+    lines.append(f'    (bound from the guarantee: advantage <= '
+                 f'{_fmt(privacy["advantage_bound"])})')
+  return lines
