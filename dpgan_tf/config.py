@@ -154,18 +154,20 @@ class TrainConfig:
     return self.batch_size // self.num_microbatches
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str, error=ValueError) -> None:
+  """Raises `error` (a ValueError: the entry points print it as one line and
+  exit non-zero) with a message naming the flag, unless `condition`."""
   if not condition:
-    raise ValueError(message)
+    raise error(message)
 
 
 def validate(c: TrainConfig) -> None:
   """Raises ValueError naming the flag for any value that cannot work."""
-  _require(bool(c.model_dir), '--model_dir is required (checkpoints and '
-           'TensorBoard logs go there).')
+  require(bool(c.model_dir), '--model_dir is required (checkpoints and '
+          'TensorBoard logs go there).')
   for name, choices in CHOICES.items():
-    _require(getattr(c, name) in choices, f'--{name}={getattr(c, name)!r}: '
-             f'choose one of {choices}.')
+    require(getattr(c, name) in choices, f'--{name}={getattr(c, name)!r}: '
+            f'choose one of {choices}.')
   _validate_privacy(c)
   _validate_critic_step(c)
   _validate_ranges(c)
@@ -173,93 +175,93 @@ def validate(c: TrainConfig) -> None:
 
 
 def _validate_privacy(c: TrainConfig) -> None:
-  _require(c.target_epsilon is not None or c.noise_multiplier is not None,
-           'set --target_epsilon (sigma is calibrated to it) or '
-           '--noise_multiplier (epsilon is reported).')
+  require(c.target_epsilon is not None or c.noise_multiplier is not None,
+          'set --target_epsilon (sigma is calibrated to it) or '
+          '--noise_multiplier (epsilon is reported).')
   if c.target_epsilon is not None:
-    _require(c.target_epsilon > 0, f'--target_epsilon={c.target_epsilon} must '
-             'be > 0.')
+    require(c.target_epsilon > 0, f'--target_epsilon={c.target_epsilon} must '
+            'be > 0.')
   if c.noise_multiplier is not None:
-    _require(c.noise_multiplier > 0, f'--noise_multiplier='
-             f'{c.noise_multiplier} must be > 0 (no noise means no privacy).')
-  _require(0 < c.delta < 1, f'--delta={c.delta} must be in (0, 1/N).')
-  _require(c.l2_norm_clip > 0, f'--l2_norm_clip={c.l2_norm_clip} must be > 0.')
-  _require(c.batch_size >= 1, f'--batch_size={c.batch_size} must be >= 1.')
+    require(c.noise_multiplier > 0, f'--noise_multiplier='
+            f'{c.noise_multiplier} must be > 0 (no noise means no privacy).')
+  require(0 < c.delta < 1, f'--delta={c.delta} must be in (0, 1/N).')
+  require(c.l2_norm_clip > 0, f'--l2_norm_clip={c.l2_norm_clip} must be > 0.')
+  require(c.batch_size >= 1, f'--batch_size={c.batch_size} must be >= 1.')
   if c.max_train_examples is not None:
-    _require(c.max_train_examples >= 1,
-             f'--max_train_examples={c.max_train_examples} must be >= 1.')
+    require(c.max_train_examples >= 1,
+            f'--max_train_examples={c.max_train_examples} must be >= 1.')
   if c.num_microbatches is not None:
-    _require(c.num_microbatches >= 1 and c.batch_size % c.num_microbatches == 0,
-             f'--num_microbatches={c.num_microbatches} must divide '
-             f'--batch_size={c.batch_size}.')
-    _require(c.sampling == 'shuffle' or c.microbatch_size == 1,
-             f'--num_microbatches={c.num_microbatches} groups several examples '
-             'per microbatch, which needs fixed-size batches: use '
-             '--sampling=shuffle, or leave --num_microbatches unset for one '
-             'example per microbatch.')
+    require(c.num_microbatches >= 1 and c.batch_size % c.num_microbatches == 0,
+            f'--num_microbatches={c.num_microbatches} must divide '
+            f'--batch_size={c.batch_size}.')
+    require(c.sampling == 'shuffle' or c.microbatch_size == 1,
+            f'--num_microbatches={c.num_microbatches} groups several examples '
+            'per microbatch, which needs fixed-size batches: use '
+            '--sampling=shuffle, or leave --num_microbatches unset for one '
+            'example per microbatch.')
   if c.seed is not None:
-    _require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
+    require(0 <= c.seed < 2**63, f'--seed={c.seed} must be in [0, 2^63).')
 
 
 def _validate_critic_step(c: TrainConfig) -> None:
   """Combinations of the loss, the fakes' gradient, the engine and the
   strategy that cannot work together."""
   if c.loss == 'wasserstein':
-    _require(c.critic_weight_clip > 0, '--loss=wasserstein needs '
-             '--critic_weight_clip > 0 (the WGAN Lipschitz constraint).')
+    require(c.critic_weight_clip > 0, '--loss=wasserstein needs '
+            '--critic_weight_clip > 0 (the WGAN Lipschitz constraint).')
   if c.fake_gradient == 'public':
-    _require(c.loss != 'wgan_gp', '--fake_gradient=public does not work with '
-             '--loss=wgan_gp: the gradient penalty is taken between a real '
-             'example and its paired fake.')
-    _require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
-             '--grad_engine=ghost or vectorized (the jacobian path clips '
-             'inside the DP optimizer, which would noise the fakes too).')
-  _require(c.strategy == 'default' or c.grad_engine != 'jacobian',
-           f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
-           '(the jacobian path would add noise on every replica).')
+    require(c.loss != 'wgan_gp', '--fake_gradient=public does not work with '
+            '--loss=wgan_gp: the gradient penalty is taken between a real '
+            'example and its paired fake.')
+    require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
+            '--grad_engine=ghost or vectorized (the jacobian path clips '
+            'inside the DP optimizer, which would noise the fakes too).')
+  require(c.strategy == 'default' or c.grad_engine != 'jacobian',
+          f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
+          '(the jacobian path would add noise on every replica).')
 
 
 def _validate_ranges(c: TrainConfig) -> None:
-  _require(c.critic_weight_clip >= 0,
-           f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
-  _require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
-  _require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
+  require(c.critic_weight_clip >= 0,
+          f'--critic_weight_clip={c.critic_weight_clip} must be >= 0.')
+  require(c.epochs > 0, f'--epochs={c.epochs} must be > 0.')
+  require(c.chunk_size >= 1, f'--chunk_size={c.chunk_size} must be >= 1.')
   for name in ('n_critic', 'n_generator', 'checkpoint_every', 'sample_every',
                'log_every', 'keep_checkpoints', 'latent_dim',
                'generator_width', 'critic_width', 'sample_candidates',
                'warm_start_steps', 'warm_start_features'):
-    _require(getattr(c, name) >= 1,
-             f'--{name}={getattr(c, name)} must be >= 1.')
+    require(getattr(c, name) >= 1,
+            f'--{name}={getattr(c, name)} must be >= 1.')
   for name in ('generator_lr', 'critic_lr', 'warm_start_length_scale',
                'warm_start_lr'):
-    _require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
+    require(getattr(c, name) > 0, f'--{name}={getattr(c, name)} must be > 0.')
   for name in ('beta_1', 'beta_2', 'critic_beta_1', 'generator_ema'):
     if getattr(c, name) is None:
       continue
-    _require(0 <= getattr(c, name) < 1,
-             f'--{name}={getattr(c, name)} must be in [0, 1).')
+    require(0 <= getattr(c, name) < 1,
+            f'--{name}={getattr(c, name)} must be in [0, 1).')
 
 
 def _validate_warm_start(c: TrainConfig) -> None:
-  _require(0 < c.warm_start_epsilon_share < 1,
-           f'--warm_start_epsilon_share={c.warm_start_epsilon_share} must be '
-           'in (0, 1).')
+  require(0 < c.warm_start_epsilon_share < 1,
+          f'--warm_start_epsilon_share={c.warm_start_epsilon_share} must be '
+          'in (0, 1).')
   if c.warm_start == 'none':
     return
-  _require(c.target_epsilon is not None,
-           f'--warm_start={c.warm_start} needs --target_epsilon: its release '
-           'is calibrated to --warm_start_epsilon_share of it.')
-  _require(c.strategy == 'default',
-           f'--warm_start={c.warm_start} needs --strategy=default (its '
-           'pre-training runs on one device).')
+  require(c.target_epsilon is not None,
+          f'--warm_start={c.warm_start} needs --target_epsilon: its release '
+          'is calibrated to --warm_start_epsilon_share of it.')
+  require(c.strategy == 'default',
+          f'--warm_start={c.warm_start} needs --strategy=default (its '
+          'pre-training runs on one device).')
 
 
 def validate_against_data(c: TrainConfig, dataset_size: int) -> None:
   """Checks that depend on N, the number of training examples."""
-  _require(c.batch_size <= dataset_size,
-           f'--batch_size={c.batch_size} is larger than the training set '
-           f'({dataset_size} examples).')
-  _require(c.delta < 1.0 / dataset_size,
-           f'--delta={c.delta} must be below 1/N = {1.0 / dataset_size:.3g} '
-           f'(N={dataset_size} training examples): a larger delta allows '
-           'releasing whole examples.')
+  require(c.batch_size <= dataset_size,
+          f'--batch_size={c.batch_size} is larger than the training set '
+          f'({dataset_size} examples).')
+  require(c.delta < 1.0 / dataset_size,
+          f'--delta={c.delta} must be below 1/N = {1.0 / dataset_size:.3g} '
+          f'(N={dataset_size} training examples): a larger delta allows '
+          'releasing whole examples.')

@@ -38,6 +38,7 @@ leaves no partial report and never harms an existing one.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ import tensorflow_datasets as tfds
 import tensorflow_privacy
 
 from dpgan_tf import classifier
+from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import export as export_lib
 from dpgan_tf import files
@@ -122,9 +124,8 @@ class _Checked:
   run_config: Optional[dict]
 
 
-def _require(condition: bool, message: str) -> None:
-  if not condition:
-    raise EvalError(message)
+# Bad input names its flag, as EvalError (config.require).
+_require = functools.partial(config_lib.require, error=EvalError)
 
 
 def check_export(export_dir: str, spec: data_lib.DatasetSpec):
