@@ -60,8 +60,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from dpgan_tf import config as config_lib
-
 keras = tf.keras
 
 

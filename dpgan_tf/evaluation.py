@@ -39,7 +39,6 @@ leaves no partial report and never harms an existing one.
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import platform
 import time

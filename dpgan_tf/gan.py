@@ -64,7 +64,6 @@ keras = tf.keras
 WARM_START_FREQUENCIES, WARM_START_RELEASE, WARM_START_NOISE = range(100, 103)
 
 
-
 def rng_key(seed, stream: int, counter):
   """The stateless RNG key of draw `counter` of `stream` in the run `seed`:
   every draw of a run has its own, and a resumed run draws what the
@@ -212,7 +211,7 @@ class ConditionalDPGAN(keras.Model):
     self.noise_seed.assign(self._key(_DP_NOISE, step))
     fakes = self.public_fakes(step)
     self.critic_optimizer.minimize(self.private_loss(records, fakes),
-                              self.critic.trainable_variables)
+                                   self.critic.trainable_variables)
     if self.options.critic_weight_clip > 0:
       self._clip_critic_weights()
     # Once per global step, whether or not the ledger is replicated.
@@ -328,8 +327,8 @@ class ConditionalDPGAN(keras.Model):
       # replicas' gradients.
       share = loss * fraction
     grads = tape.gradient(share, self.generator.trainable_variables)
-    self.generator_optimizer.apply_gradients(zip(grads,
-                                         self.generator.trainable_variables))
+    self.generator_optimizer.apply_gradients(
+        zip(grads, self.generator.trainable_variables))
     if self.ema_generator is not None:
       self.update_generator_ema(update + 1)
     return self._sum_over_replicas(share)

@@ -90,21 +90,21 @@ def _rdp_of_one_step(noise_multiplier: float, sampling_probability: float,
   every log line, the guarantee, the export, eval's report) with the same
   sigma and q. The arrays are read-only: callers cannot change the cache.
   """
-  accountant = rdp_privacy_accountant.RdpAccountant()
-  accountant.compose(dp_event(noise_multiplier, sampling_probability, 1,
-                              microbatch_size))
-  orders = np.array(accountant._orders)  # pylint: disable=protected-access
-  rdp = np.array(accountant._rdp)  # pylint: disable=protected-access
-  orders.flags.writeable = rdp.flags.writeable = False
-  return orders, rdp
+  return _read_only_rdp(dp_event(noise_multiplier, sampling_probability, 1,
+                                 microbatch_size))
 
 
 @functools.lru_cache(maxsize=8)
 def _rdp_of_gaussian(noise_multiplier: float) -> tuple:
-  """(orders, RDP of one Gaussian release, the warm start's), read-only like
-  _rdp_of_one_step's."""
+  """(orders, RDP of one Gaussian release, the warm start's), computed once."""
+  return _read_only_rdp(dp_accounting.GaussianDpEvent(noise_multiplier))
+
+
+def _read_only_rdp(event: dp_accounting.DpEvent) -> tuple:
+  """(orders, RDP of `event` at each order) as a fresh RdpAccountant has
+  them. Read-only: the callers cache them."""
   accountant = rdp_privacy_accountant.RdpAccountant()
-  accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+  accountant.compose(event)
   orders = np.array(accountant._orders)  # pylint: disable=protected-access
   rdp = np.array(accountant._rdp)  # pylint: disable=protected-access
   orders.flags.writeable = rdp.flags.writeable = False

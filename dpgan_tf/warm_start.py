@@ -43,7 +43,6 @@ import numpy as np
 import tensorflow as tf
 
 from dpgan_tf import callbacks as callbacks_lib
-from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import gan
 from dpgan_tf import privacy
