@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from dpgan_tf import callbacks
+from dpgan_tf import cluster
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import training
@@ -160,6 +161,9 @@ flags.DEFINE_bool('nonprivate_diagnostics', False, 'Also log statistics of '
                   'guarantee.')
 flags.DEFINE_enum('strategy', _DEFAULTS.strategy, config_lib.STRATEGIES,
                   'tf.distribute strategy (multi_worker reads TF_CONFIG).')
+flags.DEFINE_integer('cluster_timeout', _DEFAULTS.cluster_timeout,
+                     'Seconds a multi_worker run waits for every worker of '
+                     'TF_CONFIG to start.')
 
 FLAGS = flags.FLAGS
 
@@ -183,6 +187,9 @@ def main(argv):
   except callbacks.TrainingDiverged as e:
     print(f'train.py: training diverged: {e}', file=sys.stderr)
     sys.exit(3)
+  except cluster.WorkerLost as e:
+    print(f'train.py: stopped: {e}', file=sys.stderr)
+    sys.exit(4)
   print(result.message)
   updates = (f', {config.n_generator} generator updates each'
              if config.n_generator > 1 else '')

@@ -49,6 +49,8 @@ RESUME_FREE_FLAGS = frozenset({
     'generator_ema', 'sample_candidates',
     # The checkpoint's seed is used.
     'seed',
+    # How long workers wait for each other at start-up.
+    'cluster_timeout',
 })
 
 
@@ -146,6 +148,9 @@ class TrainConfig:
   keep_checkpoints: int = 3
   nonprivate_diagnostics: bool = False
   strategy: str = 'default'
+  # How long a multi-worker run waits for every worker of TF_CONFIG to
+  # start before giving up (cluster.py).
+  cluster_timeout: int = 600
 
   @property
   def microbatch_size(self) -> int:
@@ -229,7 +234,7 @@ def _validate_ranges(c: TrainConfig) -> None:
   for name in ('n_critic', 'n_generator', 'checkpoint_every', 'sample_every',
                'log_every', 'keep_checkpoints', 'latent_dim',
                'generator_width', 'critic_width', 'sample_candidates',
-               'warm_start_steps', 'warm_start_features'):
+               'warm_start_steps', 'warm_start_features', 'cluster_timeout'):
     require(getattr(c, name) >= 1,
             f'--{name}={getattr(c, name)} must be >= 1.')
   for name in ('generator_lr', 'critic_lr', 'warm_start_length_scale',

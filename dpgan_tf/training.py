@@ -13,9 +13,7 @@ import dataclasses
 import math
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 from typing import Optional
 
 from absl import logging
@@ -23,6 +21,7 @@ import tensorflow as tf
 import tensorflow_privacy
 
 from dpgan_tf import callbacks as callbacks_lib
+from dpgan_tf import cluster
 from dpgan_tf import config as config_lib
 from dpgan_tf import data as data_lib
 from dpgan_tf import export as export_lib
@@ -36,28 +35,6 @@ from dpgan_tf import warm_start
 
 class ResumeMismatch(ValueError):
   """A flag differs from the run being resumed; names the flag."""
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-  """`mirrored` uses every local GPU, or every logical CPU if there is none
-  (MirroredStrategy's own default would use one CPU)."""
-  if name == 'mirrored':
-    devices = (tf.config.list_logical_devices('GPU') or
-               tf.config.list_logical_devices('CPU'))
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
-  if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  return tf.distribute.get_strategy()
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """Only the chief writes checkpoints, logs and exports."""
-  resolver = getattr(strategy, 'cluster_resolver', None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return True
-  return resolver.task_type == 'chief' or (
-      resolver.task_type == 'worker' and resolver.task_id == 0 and
-      'chief' not in resolver.cluster_spec().as_dict())
 
 
 def make_checkpoint(model: gan.ConditionalDPGAN,
@@ -270,13 +247,13 @@ class PrivacyPlan:
 
 def check_before_start(c: config_lib.TrainConfig):
   """Every check that needs no data, before anything is read or written;
-  returns (strategy, whether this worker is the chief, the dataset's spec,
-  the ledger of the run being resumed or None)."""
+  returns (strategy, the dataset's spec, the ledger of the run being resumed
+  or None)."""
   spec = data_lib.get_spec(c.dataset)
   config_lib.validate(c)
   # Before any TensorFlow op: MultiWorkerMirroredStrategy must configure the
   # collective ops at program startup.
-  strategy = make_strategy(c.strategy)
+  strategy = cluster.make_strategy(c)
   files.check_writable_dir(c.model_dir, '--model_dir')
   if c.export_dir:
     files.check_writable_dir(c.export_dir, '--export_dir')
@@ -286,7 +263,7 @@ def check_before_start(c: config_lib.TrainConfig):
     check_resume_warm_start(c, saved.as_dict())
     check_resume_generator_ema(c)
     check_resume_flags(c)
-  return strategy, is_chief(strategy), spec, saved
+  return strategy, spec, saved
 
 
 def plan_privacy(c: config_lib.TrainConfig,
@@ -445,7 +422,22 @@ def export(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
 
 def train(c: config_lib.TrainConfig) -> TrainResult:
   """Runs (or resumes) training as configured; see module doc."""
-  strategy, chief, spec, saved = check_before_start(c)
+  strategy, spec, saved = check_before_start(c)
+  with cluster.scratch_dir(strategy, c.model_dir) as scratch, \
+      cluster.report_lost_workers(c.model_dir):
+    return _train_checked(c, strategy, spec, saved, scratch)
+
+
+def _train_checked(c: config_lib.TrainConfig,
+                   strategy: tf.distribute.Strategy,
+                   spec: data_lib.DatasetSpec,
+                   saved: Optional[privacy.PrivacyLedger],
+                   scratch: Optional[str]) -> TrainResult:
+  """Loads, plans, restores, fits and exports. Every worker resumes from
+  the chief's checkpoints (--model_dir on shared storage); saving is
+  collective under MultiWorkerMirroredStrategy, so the other workers save
+  too, to their scratch directory."""
+  chief = cluster.is_chief(strategy)
   train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
@@ -463,12 +455,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
                                  c.microbatch_size, c.l2_norm_clip,
                                  c.sampling, c.dataset, plan.warm_sigma)
   model, warm, checkpoint = build_model(c, spec, plan, ledger, strategy, seed)
-  # Every worker resumes from the chief's checkpoints (--model_dir on a
-  # shared file system). Saving is collective under
-  # MultiWorkerMirroredStrategy, so every worker saves: the others to a
-  # scratch directory, removed at the end.
-  scratch = None if chief else tempfile.mkdtemp(prefix='dpgan-worker-')
   done = restore_or_start(c, chief, checkpoint, model)
+  cluster.check_same_progress(strategy, c.model_dir, done)
   sampler.seed = seed = int(model.seed.numpy())
   if warm is not None and int(warm.steps.numpy()) < c.warm_start_steps:
     warm_start.run(c, warm, ledger, model.generator, model.ema_generator,
@@ -485,11 +473,8 @@ def train(c: config_lib.TrainConfig) -> TrainResult:
         image_grid.from_generator(model.sampling_generator, spec.num_classes,
                                   c.latent_dim, per_class=10),
         spec.class_names)
-  export_path = export(c, model, spec, scratch)
-  if scratch:
-    shutil.rmtree(scratch, ignore_errors=True)
   return TrainResult(ledger.epsilon(), int(ledger.critic_steps.numpy()),
-                     int(model.generator_steps.numpy()), export_path,
-                     plan.stopped_by_budget,
+                     int(model.generator_steps.numpy()),
+                     export(c, model, spec, scratch), plan.stopped_by_budget,
                      final_message(c, plan, done, trained),
                      privacy.guarantee_statement(ledger))
