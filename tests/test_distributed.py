@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from conftest import FASHION_MNIST_DIR
 from conftest import REPO_ROOT
@@ -112,3 +113,16 @@ def test_train_py_mirrored_writes_one_checkpoint_and_one_export(runs):
   # What a single-device run with these flags accounts.
   assert metadata['epsilon'] == privacy.compute_epsilon(
       1.0, 32 / 256, TRAIN_STEPS, 1e-5)
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices('GPU')),
+                    reason='a GPU is visible: the script would run')
+def test_gpu_script_refuses_cleanly_without_a_gpu(tmp_path):
+  result = subprocess.run(
+      ['bash', os.path.join('scripts', 'gpu_mirrored.sh')], cwd=REPO_ROOT,
+      capture_output=True, text=True,
+      env={**os.environ, 'OUT_DIR': str(tmp_path / 'out')})
+  assert result.returncode == 2
+  assert result.stderr.startswith(
+      'scripts/gpu_mirrored.sh: error: TensorFlow sees no GPU here.')
+  assert not (tmp_path / 'out').exists()
