@@ -19,23 +19,15 @@ import argparse
 import glob
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
-
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
+from dpgan_tf import cluster  # pylint: disable=g-import-not-at-top
 
 
 def _commands(workers, flags, model_dir):
@@ -44,12 +36,9 @@ def _commands(workers, flags, model_dir):
           f'--model_dir={model_dir}']
   if workers == 1:
     return [(base, dict(os.environ))]
-  addresses = [f'127.0.0.1:{p}' for p in _free_ports(workers)]
-  return [([*base, '--strategy=multi_worker'], {
-      **os.environ, 'TF_CONFIG': json.dumps({
-          'cluster': {'worker': addresses},
-          'task': {'type': 'worker', 'index': i}})})
-          for i in range(workers)]
+  return [([*base, '--strategy=multi_worker'],
+           {**os.environ, 'TF_CONFIG': tf_config})
+          for tf_config in cluster.local_tf_configs(workers)]
 
 
 def _examples_per_sec(model_dir):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,21 @@ def _check_task(task, cluster: dict) -> None:
            f'TF_CONFIG task index {index!r} is outside the cluster: job '
            f'"{kind}" has {len(cluster[kind])} task(s), indexes 0 to '
            f'{len(cluster[kind]) - 1}.')
+
+
+def local_tf_configs(workers: int) -> list:
+  """The TF_CONFIG of each worker of a cluster on this host's loopback
+  interface, on ports free now: to try --strategy=multi_worker on one
+  machine (the tests and the scaling benchmark do)."""
+  sockets = [socket.socket() for _ in range(workers)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  addresses = [f'127.0.0.1:{s.getsockname()[1]}' for s in sockets]
+  for s in sockets:
+    s.close()
+  return [json.dumps({'cluster': {'worker': addresses},
+                      'task': {'type': 'worker', 'index': i}})
+          for i in range(workers)]
 
 
 def make_strategy(c: config_lib.TrainConfig) -> tf.distribute.Strategy:

@@ -11,7 +11,6 @@ CPUs) killed and restarted the same way.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,22 +34,6 @@ FLAGS = ('--dataset=fashion_mnist', f'--manual_dir={FASHION_MNIST_DIR}',
          '--generator_width=8', '--critic_width=8', '--checkpoint_every=4')
 # Long enough for a peer to start and trace its step on a busy machine.
 TIMEOUT_S = 300
-
-
-def _free_ports(count: int) -> list:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
-def _tf_config(ports: list, index: int) -> str:
-  return json.dumps({
-      'cluster': {'worker': [f'127.0.0.1:{p}' for p in ports]},
-      'task': {'type': 'worker', 'index': index}})
 
 
 class Job:
@@ -99,11 +82,10 @@ class Job:
 
 
 def _workers(root, name, flags, per_worker=((), ())):
-  ports = _free_ports(2)
   return Job(root, name,
              [('train.py', '--strategy=multi_worker', *flags, *extra)
               for extra in per_worker],
-             [{'TF_CONFIG': _tf_config(ports, i)} for i in range(2)])
+             [{'TF_CONFIG': c} for c in cluster.local_tf_configs(2)])
 
 
 def _dirs(root, name, tfds_dir):
@@ -235,11 +217,10 @@ def test_workers_with_different_flags_are_all_refused(tmp_path, tfds_dir,
 
 
 def test_a_worker_that_never_starts_ends_the_wait(tmp_path):
-  ports = _free_ports(2)
   job = Job(tmp_path, 'alone', [(
       'train.py', '--strategy=multi_worker', *FLAGS, '--cluster_timeout=5',
       f'--model_dir={tmp_path / "model"}')],
-            [{'TF_CONFIG': _tf_config(ports, 0)}])
+            [{'TF_CONFIG': cluster.local_tf_configs(2)[0]}])
   assert job.wait() == [-signal.SIGKILL], job.output()
   assert ('train.py: error: not every worker of the cluster in TF_CONFIG '
           'started within --cluster_timeout=5 seconds') in job.output()
