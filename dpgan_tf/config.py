@@ -21,11 +21,24 @@ FAKE_GRADIENTS = ('paired', 'public')
 UPSAMPLINGS = ('transposed', 'resize')
 CRITIC_NORMS = ('none', 'layer')
 WARM_STARTS = ('none', 'mean_embedding')
+# CelebA's 40 binary attributes; --celeb_a_attribute picks the class.
+CELEB_A_ATTRIBUTES = (
+    '5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes',
+    'Bald', 'Bangs', 'Big_Lips', 'Big_Nose', 'Black_Hair', 'Blond_Hair',
+    'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin',
+    'Eyeglasses', 'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones',
+    'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes', 'No_Beard',
+    'Oval_Face', 'Pale_Skin', 'Pointy_Nose', 'Receding_Hairline',
+    'Rosy_Cheeks', 'Sideburns', 'Smiling', 'Straight_Hair', 'Wavy_Hair',
+    'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
+    'Wearing_Necktie', 'Young')
+IMAGE_CHANNELS = (1, 3)
 CHOICES = {
     'sampling': SAMPLING_METHODS, 'grad_engine': GRAD_ENGINES,
     'loss': CRITIC_LOSSES, 'fake_gradient': FAKE_GRADIENTS,
     'generator_upsampling': UPSAMPLINGS, 'critic_norm': CRITIC_NORMS,
     'strategy': STRATEGIES, 'warm_start': WARM_STARTS,
+    'celeb_a_attribute': CELEB_A_ATTRIBUTES,
 }
 # The flags as a run was started, in its --model_dir (the seed left out).
 RUN_CONFIG_FILE = 'run_config.json'
@@ -50,6 +63,12 @@ RESUME_FREE_FLAGS = frozenset({
     # The checkpoint's seed is used.
     'seed',
 })
+
+
+def supported_image_size(size: int) -> bool:
+  """The sides the networks build for: MNIST's 28, and every power of two
+  from 32 (each stride-2 layer halves it down to 8x8, or 7x7)."""
+  return size == 28 or (size >= 32 and size & (size - 1) == 0)
 
 
 def resume_checked_flags() -> tuple:
@@ -89,6 +108,11 @@ class TrainConfig:
   data_dir: Optional[str] = None
   manual_dir: Optional[str] = None
   max_train_examples: Optional[int] = None
+  # The images' side and channels (None: the dataset's own; other sizes are
+  # centre-cropped and resized), and CelebA's attribute taken as the class.
+  image_size: Optional[int] = None
+  image_channels: Optional[int] = None
+  celeb_a_attribute: str = 'Male'
   # Privacy.
   target_epsilon: Optional[float] = None
   noise_multiplier: Optional[float] = None
@@ -168,10 +192,22 @@ def validate(c: TrainConfig) -> None:
   for name, choices in CHOICES.items():
     require(getattr(c, name) in choices, f'--{name}={getattr(c, name)!r}: '
             f'choose one of {choices}.')
+  _validate_images(c)
   _validate_privacy(c)
   _validate_critic_step(c)
   _validate_ranges(c)
   _validate_warm_start(c)
+
+
+def _validate_images(c: TrainConfig) -> None:
+  if c.image_size is not None:
+    require(supported_image_size(c.image_size),
+            f'--image_size={c.image_size}: the networks build for 28 and '
+            'powers of two from 32 (32, 64, 128, ...).')
+  if c.image_channels is not None:
+    require(c.image_channels in IMAGE_CHANNELS,
+            f'--image_channels={c.image_channels}: choose one of '
+            f'{IMAGE_CHANNELS}.')
 
 
 def _validate_privacy(c: TrainConfig) -> None:

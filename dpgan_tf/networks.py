@@ -29,6 +29,7 @@ per-example, and without gain or bias, so it adds no parameters to noise and
 the ghost-clipping engine still covers every trainable variable.
 """
 
+import math
 from typing import Tuple
 
 import tensorflow as tf
@@ -48,11 +49,13 @@ class PixelNorm(keras.layers.Layer):
 
 
 def _num_upsamplings(image_shape: Tuple[int, int, int]) -> int:
+  """Stride-2 layers between the image and the 8x8 (7x7 for 28) base."""
   height, width, _ = image_shape
-  if height != width or height not in (28, 32, 64):
+  if height != width or not config_lib.supported_image_size(height):
     raise ValueError(f'image shape {image_shape} is not supported; the '
-                     'networks are built for 28x28, 32x32 and 64x64 images.')
-  return 2 if height <= 32 else 3
+                     'networks are built for square images of side 28 or a '
+                     'power of two from 32.')
+  return 2 if height <= 32 else int(math.log2(height)) - 3
 
 
 def _upsample(x, filters: int, upsampling: str):

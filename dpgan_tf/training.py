@@ -174,6 +174,7 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
   d = ledger.as_dict()
   return {
       'dataset': c.dataset,
+      'dataset_options': data_lib.dataset_options(c),
       'image_shape': list(spec.image_shape),
       'num_classes': spec.num_classes,
       'class_names': list(spec.class_names),
@@ -272,7 +273,8 @@ def check_before_start(c: config_lib.TrainConfig):
   """Every check that needs no data, before anything is read or written;
   returns (strategy, whether this worker is the chief, the dataset's spec,
   the ledger of the run being resumed or None)."""
-  spec = data_lib.get_spec(c.dataset)
+  spec = data_lib.get_spec(c.dataset, data_dir=c.data_dir,
+                           **data_lib.dataset_options(c))
   config_lib.validate(c)
   # Before any TensorFlow op: MultiWorkerMirroredStrategy must configure the
   # collective ops at program startup.
@@ -446,7 +448,7 @@ def export(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
 def train(c: config_lib.TrainConfig) -> TrainResult:
   """Runs (or resumes) training as configured; see module doc."""
   strategy, chief, spec, saved = check_before_start(c)
-  train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
+  train_split = data_lib.load_split(spec, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
   config_lib.validate_against_data(c, n)
