@@ -56,23 +56,38 @@ def _train_config(tmp, dataset, manual_dir, data_dir):
       sample_every=100, log_every=100)
 
 
-def _eval_config(tmp, c):
+def _eval_config(tmp, c, inception_weights='none'):
   return evaluation.EvalConfig(
       export_dir=c.export_dir, dataset=c.dataset,
       output=str(tmp / 'report.json'), data_dir=c.data_dir,
       manual_dir=c.manual_dir, model_dir=c.model_dir, num_samples=20,
-      fid_samples=6, inception_weights='none', cache_dir=str(tmp / 'cache'))
+      fid_samples=6, inception_weights=inception_weights,
+      cache_dir=str(tmp / 'cache'))
+
+
+def _inception_weights(path):
+  """A weights file of InceptionV3's no-top architecture (untrained: the
+  ImageNet file cannot be fetched offline), for the FID path."""
+  tf.keras.applications.InceptionV3(
+      include_top=False, weights=None, pooling='avg',
+      input_shape=(evaluation.INCEPTION_SIZE,) * 2 + (3,)).save_weights(path)
+  tf.keras.backend.clear_session()
+  return str(path)
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """{dataset: (TrainConfig, TrainResult, report)}, each dataset trained and
   evaluated once for the whole module. CelebA 128 goes through the
-  memory-mapped cache (the threshold lowered to 0)."""
+  memory-mapped cache (the threshold lowered to 0); CIFAR-10's evaluation
+  computes Inception FID from a weights file."""
   patch = pytest.MonkeyPatch()
   patch.setattr(classifier, 'FEATURE_TRAIN_EXAMPLES', 32)
   patch.setattr(classifier, 'DOWNSTREAM', classifier.Schedule(epochs=1))
   patch.setattr(classifier, 'FEATURE', classifier.Schedule(epochs=1))
+  # InceptionV3's smallest input: the same layers and weights file, 16
+  # times less compute than at 299.
+  patch.setattr(evaluation, 'INCEPTION_SIZE', 75)
   out = {}
   try:
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
@@ -87,7 +102,10 @@ def runs(tmp_path_factory):
                       0 if dataset == 'celeb_a128' else 1 << 30)
         c = _train_config(tmp, dataset, manual_dir, str(tmp / 'tfds'))
         result = training.train(c)
-        out[dataset] = (c, result, evaluation.evaluate(_eval_config(tmp, c)))
+        weights = (_inception_weights(tmp / 'inception.h5')
+                   if dataset == 'cifar10' else 'none')
+        out[dataset] = (c, result, evaluation.evaluate(
+            _eval_config(tmp, c, weights)))
   finally:
     patch.undo()
   return out
@@ -125,6 +143,15 @@ def test_load_train_export_evaluate(runs, dataset):
 
 def _eval_path(report):
   return os.path.splitext(report['samples_png'])[0] + '.json'
+
+
+def test_inception_fid_from_a_weights_file(runs):
+  report = runs['cifar10'][2]
+  inception = report['fidelity']['inception']
+  assert inception['available'] and inception['weights'].endswith(
+      'inception.h5')
+  assert report['metrics']['inception_fid'] >= 0
+  assert 0 <= report['metrics']['inception_precision'] <= 1
 
 
 def test_seed_shapes_and_classes(runs):
