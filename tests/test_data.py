@@ -2,12 +2,14 @@
 
 import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
 
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -127,6 +129,46 @@ def test_without_data_or_network_the_error_names_what_to_download(
   with pytest.raises(data.DataError, match='has 1 bytes, the official file'):
     data.load_split(dataset, 'train', str(tmp_path / 'tfds'), str(manual))
   assert not (tmp_path / 'tfds').exists()
+
+
+def _miniature_cifar10(manual_dir):
+  """cifar-10-binary.tar.gz in the official format, 8 records a batch file,
+  padded with zeros to the official size (gzip skips zero padding): tfds
+  takes a file from --manual_dir by its name."""
+  (name, (_, size)), = data.official_files(data.get_spec('cifar10')).items()
+  rng = np.random.default_rng(0)
+  archive = io.BytesIO()
+  with tarfile.open(fileobj=archive, mode='w') as tar:
+    contents = {f'data_batch_{i}.bin': None for i in range(1, 6)}
+    contents['test_batch.bin'] = None
+    for batch in contents:
+      labels = np.arange(8, dtype=np.uint8)[:, None]
+      contents[batch] = np.concatenate(
+          [labels, rng.integers(0, 256, (8, 3072), np.uint8)], 1).tobytes()
+    contents['batches.meta.txt'] = '\n'.join(
+        data.DATASETS['cifar10'].class_names).encode()
+    for member, content in contents.items():
+      info = tarfile.TarInfo(f'cifar-10-batches-bin/{member}')
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+  with open(manual_dir / name, 'wb') as f:
+    f.write(gzip.compress(archive.getvalue()))
+    f.truncate(size)
+
+
+def test_cifar10_prepares_offline_from_its_official_file(tmp_path):
+  """tfds's real preparation, from --manual_dir alone: this machine has no
+  network, so any download would fail."""
+  manual = tmp_path / 'raw'
+  manual.mkdir()
+  _miniature_cifar10(manual)
+  train = data.load_split('cifar10', 'train', str(tmp_path / 'tfds'),
+                          str(manual))
+  assert train.images.shape == (40, 32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(train.labels), [5] * 8)
+  # Prepared: no --manual_dir needed any more.
+  test = data.load_split('cifar10', 'test', str(tmp_path / 'tfds'))
+  assert len(test) == 8
 
 
 def _image(path, size=(40, 30), mode='RGB', image_format='PNG'):
