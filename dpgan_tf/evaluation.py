@@ -228,8 +228,9 @@ def _load_split(c: EvalConfig, spec: data_lib.DatasetSpec, split: str,
                     f'{e.message}') from e
 
 
-def validation_split(c: EvalConfig, spec: data_lib.DatasetSpec, k: int) -> Tuple[data_lib.LabeledImages,
-                                                     data_lib.LabeledImages]:
+def validation_split(
+    c: EvalConfig, spec: data_lib.DatasetSpec,
+    k: int) -> Tuple[data_lib.LabeledImages, data_lib.LabeledImages]:
   """(training examples [0, K + V), the validation examples [K, K + V)).
 
   The run trained on the first K training examples only, so [K, K + V) are
