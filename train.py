@@ -40,7 +40,8 @@ flags.DEFINE_string('manual_dir', None, 'The dataset\'s official files for '
 flags.DEFINE_integer('image_size', None, 'Side of the square images trained '
                      'on (default: the dataset\'s own; 32 for folder: and '
                      'tfds: images of other sizes). Others are centre-'
-                     'cropped and resized; 28 or a power of two from 32.')
+                     'cropped and resized; 28, 32, 64, 96, 128, ... (halving at '
+                     'least twice down to 6-12 pixels).')
 flags.DEFINE_integer('image_channels', None, 'Convert every image to 1 or '
                      '3 channels (default: the dataset\'s own).')
 flags.DEFINE_enum('celeb_a_attribute', _DEFAULTS.celeb_a_attribute,

@@ -65,10 +65,21 @@ RESUME_FREE_FLAGS = frozenset({
 })
 
 
+def image_halvings(size: int) -> Optional[int]:
+  """The stride-2 layers between an image of side `size` and the networks'
+  base of 6 to 12 pixels (28 -> 7, 32 -> 8, 96 -> 12, 128 -> 8), or None if
+  the side does not halve at least twice down there."""
+  halvings = 0
+  while size > 12 and size % 2 == 0:
+    size //= 2
+    halvings += 1
+  return halvings if halvings >= 2 and 6 <= size <= 12 else None
+
+
 def supported_image_size(size: int) -> bool:
-  """The sides the networks build for: MNIST's 28, and every power of two
-  from 32 (each stride-2 layer halves it down to 8x8, or 7x7)."""
-  return size == 28 or (size >= 32 and size & (size - 1) == 0)
+  """The sides the networks build for (image_halvings): MNIST's 28, every
+  power of two from 32, Camelyon's 96, ..."""
+  return image_halvings(size) is not None
 
 
 def resume_checked_flags() -> tuple:
@@ -202,8 +213,9 @@ def validate(c: TrainConfig) -> None:
 def _validate_images(c: TrainConfig) -> None:
   if c.image_size is not None:
     require(supported_image_size(c.image_size),
-            f'--image_size={c.image_size}: the networks build for 28 and '
-            'powers of two from 32 (32, 64, 128, ...).')
+            f'--image_size={c.image_size}: the networks build for sides '
+            'that halve at least twice down to 6-12 pixels (28, 32, 48, 64, '
+            '96, 128, ...).')
   if c.image_channels is not None:
     require(c.image_channels in IMAGE_CHANNELS,
             f'--image_channels={c.image_channels}: choose one of '

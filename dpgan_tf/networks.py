@@ -29,7 +29,6 @@ per-example, and without gain or bias, so it adds no parameters to noise and
 the ghost-clipping engine still covers every trainable variable.
 """
 
-import math
 from typing import Tuple
 
 import tensorflow as tf
@@ -49,13 +48,16 @@ class PixelNorm(keras.layers.Layer):
 
 
 def _num_upsamplings(image_shape: Tuple[int, int, int]) -> int:
-  """Stride-2 layers between the image and the 8x8 (7x7 for 28) base."""
+  """Stride-2 layers between the image and the networks' base (6 to 12
+  pixels: config.image_halvings)."""
   height, width, _ = image_shape
-  if height != width or not config_lib.supported_image_size(height):
+  halvings = config_lib.image_halvings(height)
+  if height != width or halvings is None:
     raise ValueError(f'image shape {image_shape} is not supported; the '
-                     'networks are built for square images of side 28 or a '
-                     'power of two from 32.')
-  return 2 if height <= 32 else int(math.log2(height)) - 3
+                     'networks are built for square images whose side '
+                     'halves at least twice down to 6-12 pixels (28, 32, '
+                     '64, 96, 128, ...).')
+  return halvings
 
 
 def _upsample(x, filters: int, upsampling: str):

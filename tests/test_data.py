@@ -21,6 +21,7 @@ from conftest import FASHION_MNIST_DIR, MNIST_DIR, REPO_ROOT
 from dpgan_tf import config as config_lib
 from dpgan_tf import data
 from dpgan_tf import image_folder
+from helpers import mock_tfds
 
 
 def test_fashion_mnist_offline(fashion_mnist_small):
@@ -83,6 +84,21 @@ def test_options_reshape_the_spec_and_its_cache_key():
                        image_channels=3).key == 'mnist-32x32x3'
 
 
+def test_camelyon_full_size(tmp_path):
+  """--image_size=96 keeps PatchCamelyon's patches whole (mock records of
+  its real features)."""
+  spec = data.get_spec('camelyon', image_size=96)
+  manual_dir = mock_tfds.placeholder_manual_dir(tmp_path / 'raw', spec)
+  with tfds.testing.mock_data(num_examples=4):
+    split = data.load_split(spec, 'train', str(tmp_path / 'tfds'),
+                            manual_dir)
+    small = data.load_split('camelyon', 'train', str(tmp_path / 'tfds'),
+                            manual_dir)
+  assert split.images.shape == (4, 96, 96, 3)
+  assert small.images.shape == (4, 32, 32, 3)
+  assert set(split.labels) <= {0, 1}
+
+
 def test_celeb_a_attributes_are_tfds_s():
   features = tfds.builder('celeb_a').info.features['attributes']
   assert config_lib.CELEB_A_ATTRIBUTES == tuple(features.keys())
@@ -92,8 +108,10 @@ def test_tfds_dataset_takes_class_names_from_tfds_metadata():
   spec = data.get_spec('tfds:cifar10')
   assert spec.tfds_name == 'cifar10' and spec.image_shape == (32, 32, 3)
   assert spec.num_classes == 10
-  camelyon = data.get_spec('tfds:patch_camelyon')
-  assert camelyon.image_shape == (32, 32, 3)  # 96 is no network size.
+  # Kept at its own size where the networks build for it, else 32.
+  assert data.get_spec('tfds:patch_camelyon').image_shape == (96, 96, 3)
+  flowers = data.get_spec('tfds:tf_flowers')  # Photos of any size.
+  assert flowers.image_shape == (32, 32, 3) and flowers.num_classes == 5
   with pytest.raises(data.DataError, match="no class label 'fine'"):
     data.get_spec('tfds:cifar10:fine')
   with pytest.raises(data.DataError, match="tfds has no dataset 'nope'"):
