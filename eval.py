@@ -25,13 +25,15 @@ _DEFAULTS = evaluation.EvalConfig(export_dir='', dataset='', output='')
 
 flags.DEFINE_string('export_dir', None, 'An exported version directory, or '
                     'its parent (then the newest version is evaluated).')
-flags.DEFINE_enum('dataset', None, sorted(data_lib.DATASETS),
-                  'The dataset the generator was trained on (tfds).')
+flags.DEFINE_string('dataset', None, 'The dataset the generator was trained '
+                    f'on: one of {", ".join(sorted(data_lib.DATASETS))}, '
+                    'folder:DIR or tfds:NAME[:LABEL_KEY] (its --image_size '
+                    'and the like are read from the export).')
 flags.DEFINE_string('output', None, 'The JSON report; the sample grid is '
                     'written beside it as <name>.png.')
 flags.DEFINE_string('data_dir', None, 'tfds data directory.')
-flags.DEFINE_string('manual_dir', None, 'Raw dataset files for offline '
-                    'preparation (the four IDX files for (fashion_)mnist).')
+flags.DEFINE_string('manual_dir', None, 'The dataset\'s official files for '
+                    'offline preparation (nothing is ever downloaded).')
 flags.DEFINE_string('model_dir', None, 'The training run (checkpoints and '
                     'run_config.json): enables membership inference against '
                     'its critic and TensorBoard summaries under '

@@ -29,11 +29,25 @@ from dpgan_tf import training
 
 _DEFAULTS = config_lib.TrainConfig()
 
-flags.DEFINE_enum('dataset', _DEFAULTS.dataset, sorted(data_lib.DATASETS),
-                  'Dataset (tfds).')
+flags.DEFINE_string('dataset', _DEFAULTS.dataset, 'One of '
+                    f'{", ".join(sorted(data_lib.DATASETS))}; folder:DIR '
+                    '(a subfolder of PNG/JPEG images per class); or '
+                    'tfds:NAME[:LABEL_KEY] (a tfds image classification '
+                    'dataset). See docs/datasets.md.')
 flags.DEFINE_string('data_dir', None, 'tfds data directory.')
-flags.DEFINE_string('manual_dir', None, 'Raw dataset files for offline '
-                    'preparation (the four IDX files for (fashion_)mnist).')
+flags.DEFINE_string('manual_dir', None, 'The dataset\'s official files for '
+                    'offline preparation (nothing is ever downloaded; the '
+                    'error without them names the files).')
+flags.DEFINE_integer('image_size', None, 'Side of the square images trained '
+                     'on (default: the dataset\'s own; 32 for folder: and '
+                     'tfds: images of other sizes). Others are centre-'
+                     'cropped and resized; 28, 32, 64, 96, 128, ... (halving at '
+                     'least twice down to 6-12 pixels).')
+flags.DEFINE_integer('image_channels', None, 'Convert every image to 1 or '
+                     '3 channels (default: the dataset\'s own).')
+flags.DEFINE_enum('celeb_a_attribute', _DEFAULTS.celeb_a_attribute,
+                  config_lib.CELEB_A_ATTRIBUTES, 'The CelebA attribute '
+                  'taken as the class (celeb_a datasets only).')
 flags.DEFINE_string('model_dir', None, 'Checkpoints, TensorBoard logs; '
                     'rerunning with the same directory resumes.')
 flags.DEFINE_string('export_dir', None, 'Where to export the generator as a '

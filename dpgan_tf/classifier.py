@@ -210,7 +210,7 @@ def load_or_train_feature_classifier(
   """The dataset's feature classifier, from the cache or trained and cached.
 
   Args:
-    dataset: the cache key's dataset name.
+    dataset: the cache key's dataset name (data.DatasetSpec.key).
     images: real training images (the first FEATURE_TRAIN_EXAMPLES are used).
     labels: their labels.
     image_shape: (H, W, C).

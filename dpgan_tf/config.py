@@ -21,11 +21,24 @@ FAKE_GRADIENTS = ('paired', 'public')
 UPSAMPLINGS = ('transposed', 'resize')
 CRITIC_NORMS = ('none', 'layer')
 WARM_STARTS = ('none', 'mean_embedding')
+# CelebA's 40 binary attributes; --celeb_a_attribute picks the class.
+CELEB_A_ATTRIBUTES = (
+    '5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes',
+    'Bald', 'Bangs', 'Big_Lips', 'Big_Nose', 'Black_Hair', 'Blond_Hair',
+    'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin',
+    'Eyeglasses', 'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones',
+    'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes', 'No_Beard',
+    'Oval_Face', 'Pale_Skin', 'Pointy_Nose', 'Receding_Hairline',
+    'Rosy_Cheeks', 'Sideburns', 'Smiling', 'Straight_Hair', 'Wavy_Hair',
+    'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
+    'Wearing_Necktie', 'Young')
+IMAGE_CHANNELS = (1, 3)
 CHOICES = {
     'sampling': SAMPLING_METHODS, 'grad_engine': GRAD_ENGINES,
     'loss': CRITIC_LOSSES, 'fake_gradient': FAKE_GRADIENTS,
     'generator_upsampling': UPSAMPLINGS, 'critic_norm': CRITIC_NORMS,
     'strategy': STRATEGIES, 'warm_start': WARM_STARTS,
+    'celeb_a_attribute': CELEB_A_ATTRIBUTES,
 }
 # The flags as a run was started, in its --model_dir (the seed left out).
 RUN_CONFIG_FILE = 'run_config.json'
@@ -52,6 +65,23 @@ RESUME_FREE_FLAGS = frozenset({
     # How long workers wait for each other at start-up.
     'cluster_timeout',
 })
+
+
+def image_halvings(size: int) -> Optional[int]:
+  """The stride-2 layers between an image of side `size` and the networks'
+  base of 6 to 12 pixels (28 -> 7, 32 -> 8, 96 -> 12, 128 -> 8), or None if
+  the side does not halve at least twice down there."""
+  halvings = 0
+  while size > 12 and size % 2 == 0:
+    size //= 2
+    halvings += 1
+  return halvings if halvings >= 2 and 6 <= size <= 12 else None
+
+
+def supported_image_size(size: int) -> bool:
+  """The sides the networks build for (image_halvings): MNIST's 28, every
+  power of two from 32, Camelyon's 96, ..."""
+  return image_halvings(size) is not None
 
 
 def resume_checked_flags() -> tuple:
@@ -91,6 +121,11 @@ class TrainConfig:
   data_dir: Optional[str] = None
   manual_dir: Optional[str] = None
   max_train_examples: Optional[int] = None
+  # The images' side and channels (None: the dataset's own; other sizes are
+  # centre-cropped and resized), and CelebA's attribute taken as the class.
+  image_size: Optional[int] = None
+  image_channels: Optional[int] = None
+  celeb_a_attribute: str = 'Male'
   # Privacy.
   target_epsilon: Optional[float] = None
   noise_multiplier: Optional[float] = None
@@ -173,10 +208,23 @@ def validate(c: TrainConfig) -> None:
   for name, choices in CHOICES.items():
     require(getattr(c, name) in choices, f'--{name}={getattr(c, name)!r}: '
             f'choose one of {choices}.')
+  _validate_images(c)
   _validate_privacy(c)
   _validate_critic_step(c)
   _validate_ranges(c)
   _validate_warm_start(c)
+
+
+def _validate_images(c: TrainConfig) -> None:
+  if c.image_size is not None:
+    require(supported_image_size(c.image_size),
+            f'--image_size={c.image_size}: the networks build for sides '
+            'that halve at least twice down to 6-12 pixels (28, 32, 48, 64, '
+            '96, 128, ...).')
+  if c.image_channels is not None:
+    require(c.image_channels in IMAGE_CHANNELS,
+            f'--image_channels={c.image_channels}: choose one of '
+            f'{IMAGE_CHANNELS}.')
 
 
 def _validate_privacy(c: TrainConfig) -> None:

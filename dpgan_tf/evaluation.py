@@ -127,10 +127,14 @@ class _Checked:
 _require = functools.partial(config_lib.require, error=EvalError)
 
 
-def check_export(export_dir: str, spec: data_lib.DatasetSpec):
-  """The version directory and its metadata, checked against the dataset."""
-  version_dir = export_lib.resolve_version_dir(export_dir)
+def check_export(c: EvalConfig):
+  """(version directory, its metadata, the dataset's spec), the export
+  checked against --dataset. The spec takes the options the run trained
+  with (--image_size and the like) from the export's metadata."""
+  version_dir = export_lib.resolve_version_dir(c.export_dir)
   metadata = export_lib.read_metadata(version_dir)
+  spec = data_lib.get_spec(c.dataset, data_dir=c.data_dir,
+                           **metadata.get('dataset_options', {}))
   exported = (metadata.get('dataset'), tuple(metadata.get('image_shape', ())),
               metadata.get('num_classes'))
   expected = (spec.name, spec.image_shape, spec.num_classes)
@@ -139,7 +143,7 @@ def check_export(export_dir: str, spec: data_lib.DatasetSpec):
            f'{exported[0]!r} (images {exported[1]}, {exported[2]} classes), '
            f'not on --dataset={spec.name} (images {spec.image_shape}, '
            f'{spec.num_classes} classes).')
-  return version_dir, metadata
+  return version_dir, metadata, spec
 
 
 def validate(c: EvalConfig) -> _Checked:
@@ -147,7 +151,7 @@ def validate(c: EvalConfig) -> _Checked:
   _require(bool(c.dataset), '--dataset is required.')
   _require(bool(c.export_dir), '--export_dir is required.')
   _require(bool(c.output), '--output is required (the JSON report).')
-  spec = data_lib.get_spec(c.dataset)
+  version_dir, metadata, spec = check_export(c)
   _require(not os.path.isdir(c.output),
            f'--output={c.output} is a directory; give a file name.')
   files.check_writable_dir(os.path.dirname(os.path.abspath(c.output)),
@@ -174,7 +178,6 @@ def validate(c: EvalConfig) -> _Checked:
     _require(bool(c.model_dir), '--eval_split=validation needs --model_dir '
              '(its run_config.json says which training examples the run '
              'used).')
-  version_dir, metadata = check_export(c.export_dir, spec)
   run_config = None
   if c.model_dir:
     _require(os.path.isdir(c.model_dir),
@@ -186,16 +189,9 @@ def validate(c: EvalConfig) -> _Checked:
              'trained on the whole training split, so no training example is '
              'left for validation; train with --max_train_examples=K below '
              'the split size.')
-  if c.manual_dir:
-    data_lib.check_manual_dir(spec, c.manual_dir)
-  else:
-    # Otherwise tfds would try to download, retrying for minutes offline:
-    # the evaluation must read the data the run trained on, already prepared.
-    data_dir = c.data_dir or tfds.core.constants.DATA_DIR
-    _require(tfds.builder(spec.tfds_name, data_dir=data_dir).is_prepared(),
-             f'--data_dir={data_dir} holds no prepared {spec.tfds_name}; give '
-             'the --data_dir the training run used, or --manual_dir with the '
-             'raw files.')
+  # The evaluation reads the data the run trained on, prepared already or
+  # from --manual_dir: never a download.
+  data_lib.check_available(spec, c.data_dir, c.manual_dir)
   return _Checked(spec, version_dir, metadata, run_config)
 
 
@@ -216,7 +212,7 @@ def load_generator(version_dir: str, spec: data_lib.DatasetSpec):
   return module
 
 
-def _load_split(c: EvalConfig, split: str,
+def _load_split(c: EvalConfig, spec: data_lib.DatasetSpec, split: str,
                 max_examples: Optional[int] = None) -> data_lib.LabeledImages:
   """load_split, with read errors of corrupt tfds files turned into EvalError.
 
@@ -224,7 +220,7 @@ def _load_split(c: EvalConfig, split: str,
   while the examples are read.
   """
   try:
-    return data_lib.load_split(c.dataset, split, c.data_dir, c.manual_dir,
+    return data_lib.load_split(spec, split, c.data_dir, c.manual_dir,
                                max_examples)
   except tf.errors.OpError as e:
     raise EvalError(f'could not read {c.dataset}/{split} from '
@@ -232,8 +228,9 @@ def _load_split(c: EvalConfig, split: str,
                     f'{e.message}') from e
 
 
-def validation_split(c: EvalConfig, k: int) -> Tuple[data_lib.LabeledImages,
-                                                     data_lib.LabeledImages]:
+def validation_split(
+    c: EvalConfig, spec: data_lib.DatasetSpec,
+    k: int) -> Tuple[data_lib.LabeledImages, data_lib.LabeledImages]:
   """(training examples [0, K + V), the validation examples [K, K + V)).
 
   The run trained on the first K training examples only, so [K, K + V) are
@@ -241,8 +238,8 @@ def validation_split(c: EvalConfig, k: int) -> Tuple[data_lib.LabeledImages,
   the report. Refuses ranges past the end of the split before reading it.
   """
   v = c.validation_examples
-  _load_split(c, 'train', 1)  # Prepares the data, so its size is known.
-  n = data_lib.split_size(c.dataset, 'train', c.data_dir)
+  _load_split(c, spec, 'train', 1)  # Prepares the data: its size is known.
+  n = data_lib.split_size(spec, 'train', c.data_dir)
   _require(k < n, f'--eval_split=validation: the run in --model_dir trained '
            f'on all {n} {c.dataset} training examples (K={k}), so none is '
            'left for validation; train with --max_train_examples below '
@@ -250,8 +247,8 @@ def validation_split(c: EvalConfig, k: int) -> Tuple[data_lib.LabeledImages,
   _require(k + v <= n, f'--validation_examples={v}: training examples [{k}, '
            f'{k + v}) run past the {n} in the {c.dataset} training split '
            f'(the run used the first {k}); give at most {n - k}.')
-  train = _load_split(c, 'train', max(c.num_samples,
-                                      classifier.FEATURE_TRAIN_EXAMPLES, k + v))
+  train = _load_split(c, spec, 'train', max(
+      c.num_samples, classifier.FEATURE_TRAIN_EXAMPLES, k + v))
   return train, data_lib.LabeledImages(train.images[k:k + v],
                                        train.labels[k:k + v], train.spec)
 
@@ -358,7 +355,7 @@ class _RealData:
 def _load_validation_data(c: EvalConfig, spec: data_lib.DatasetSpec,
                           k: int) -> _RealData:
   """Held out: training examples [K, K + V); the test set is never read."""
-  train, held = validation_split(c, k)
+  train, held = validation_split(c, spec, k)
   # The run's own training examples, for the ceiling and the FID floor.
   real_pool = data_lib.LabeledImages(train.images[:k], train.labels[:k], spec)
   return _RealData(train, held, real_pool, {
@@ -368,14 +365,15 @@ def _load_validation_data(c: EvalConfig, spec: data_lib.DatasetSpec,
               f'{k}); the test set was not read'})
 
 
-def _load_test_data(c: EvalConfig, k: int) -> _RealData:
+def _load_test_data(c: EvalConfig, spec: data_lib.DatasetSpec,
+                    k: int) -> _RealData:
   """Held out: the test split, to report."""
-  held = _load_split(c, 'test')
+  held = _load_split(c, spec, 'test')
   _require(c.fid_samples <= len(held),
            f'--fid_samples={c.fid_samples} exceeds the {len(held)} '
            f'{c.dataset} test examples.')
-  train = _load_split(c, 'train', max(c.num_samples,
-                                      classifier.FEATURE_TRAIN_EXAMPLES, k))
+  train = _load_split(c, spec, 'train', max(
+      c.num_samples, classifier.FEATURE_TRAIN_EXAMPLES, k))
   return _RealData(train, held, train, {
       'split': 'test', 'examples': len(held), 'range': 'test',
       'note': 'the test split'})
@@ -386,7 +384,7 @@ def _load_real_data(c: EvalConfig, checked: _Checked) -> _RealData:
   k = (checked.run_config or {}).get('max_train_examples') or 0
   if c.eval_split == 'validation':
     return _load_validation_data(c, checked.spec, k)
-  return _load_test_data(c, k)
+  return _load_test_data(c, checked.spec, k)
 
 
 def _synthetic_runs(c: EvalConfig, module, spec: data_lib.DatasetSpec,
@@ -453,7 +451,7 @@ def _domain_fidelity(c: EvalConfig, spec: data_lib.DatasetSpec,
   """Fidelity in the dataset's own feature network, which needs no download
   (so it is always there), with real train vs held-out as the floor."""
   feature_model, feature_info = classifier.load_or_train_feature_classifier(
-      c.dataset, real.train.images, real.train.labels, spec.image_shape,
+      spec.key, real.train.images, real.train.labels, spec.image_shape,
       spec.num_classes, c.feature_cache_dir, c.seed)
   feature_info['test_accuracy'] = classifier.accuracy(
       feature_model, real.held.images, real.held.labels)

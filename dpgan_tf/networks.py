@@ -48,11 +48,16 @@ class PixelNorm(keras.layers.Layer):
 
 
 def _num_upsamplings(image_shape: Tuple[int, int, int]) -> int:
+  """Stride-2 layers between the image and the networks' base (6 to 12
+  pixels: config.image_halvings)."""
   height, width, _ = image_shape
-  if height != width or height not in (28, 32, 64):
+  halvings = config_lib.image_halvings(height)
+  if height != width or halvings is None:
     raise ValueError(f'image shape {image_shape} is not supported; the '
-                     'networks are built for 28x28, 32x32 and 64x64 images.')
-  return 2 if height <= 32 else 3
+                     'networks are built for square images whose side '
+                     'halves at least twice down to 6-12 pixels (28, 32, '
+                     '64, 96, 128, ...).')
+  return halvings
 
 
 def _upsample(x, filters: int, upsampling: str):

@@ -151,6 +151,7 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
   d = ledger.as_dict()
   return {
       'dataset': c.dataset,
+      'dataset_options': data_lib.dataset_options(c),
       'image_shape': list(spec.image_shape),
       'num_classes': spec.num_classes,
       'class_names': list(spec.class_names),
@@ -249,7 +250,8 @@ def check_before_start(c: config_lib.TrainConfig):
   """Every check that needs no data, before anything is read or written;
   returns (strategy, the dataset's spec, the ledger of the run being resumed
   or None)."""
-  spec = data_lib.get_spec(c.dataset)
+  spec = data_lib.get_spec(c.dataset, data_dir=c.data_dir,
+                           **data_lib.dataset_options(c))
   config_lib.validate(c)
   # Before any TensorFlow op: MultiWorkerMirroredStrategy must configure the
   # collective ops at program startup.
@@ -438,7 +440,7 @@ def _train_checked(c: config_lib.TrainConfig,
   collective under MultiWorkerMirroredStrategy, so the other workers save
   too, to their scratch directory."""
   chief = cluster.is_chief(strategy)
-  train_split = data_lib.load_split(c.dataset, 'train', c.data_dir,
+  train_split = data_lib.load_split(spec, 'train', c.data_dir,
                                     c.manual_dir, c.max_train_examples)
   n = len(train_split)
   config_lib.validate_against_data(c, n)

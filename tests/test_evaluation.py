@@ -139,7 +139,8 @@ def test_validation_split_never_reads_the_test_set(tmp_path, tiny_export,
   c = _config(tmp_path, tfds_dir, export_dir=tiny_export,
               model_dir=_model_dir(str(tmp_path / 'run')),
               eval_split='validation', validation_examples=150)
-  train, validation = evaluation.validation_split(c, 300)
+  train, validation = evaluation.validation_split(
+      c, data_lib.DATASETS["fashion_mnist"], 300)
   np.testing.assert_array_equal(validation.images, train.images[300:450])
   report = evaluation.evaluate(c)
 

@@ -9,7 +9,8 @@ from dpgan_tf import networks
 
 
 @pytest.mark.parametrize('upsampling', config_lib.UPSAMPLINGS)
-@pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
+@pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3),
+                                   (96, 96, 3), (128, 128, 3)])
 def test_shapes_and_ranges(shape, upsampling):
   generator = networks.build_generator(shape, 10, latent_dim=16, width=8,
                                        upsampling=upsampling)
@@ -54,9 +55,20 @@ def test_critic_conditions_on_the_label():
       critic([image, tf.constant([1])]))
 
 
-def test_unsupported_shape_is_rejected():
+@pytest.mark.parametrize('shape', [(30, 30, 3), (100, 100, 3),
+                                   (16, 16, 1), (24, 24, 3), (64, 32, 3)])
+def test_unsupported_shape_is_rejected(shape):
   with pytest.raises(ValueError, match='not supported'):
-    networks.build_critic((30, 30, 3), 10)
+    networks.build_critic(shape, 10)
+
+
+@pytest.mark.parametrize('side,base', [(28, 7), (32, 8), (64, 8), (96, 12),
+                                       (128, 8), (256, 8)])
+def test_the_critic_halves_down_to_the_base(side, base):
+  critic = networks.build_critic((side, side, 3), 2, width=2)
+  last_conv = [l for l in critic.layers
+               if isinstance(l, tf.keras.layers.Conv2D)][-1]
+  assert last_conv.output.shape[1:3] == (base, base)
 
 
 def test_upsamplings_build_different_layers():
