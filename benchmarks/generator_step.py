@@ -28,8 +28,8 @@ it cannot stall a step that takes far longer.
   python benchmarks/generator_step.py --profile_dir /tmp/p   # + a profile
 
 --profile_dir writes a TensorBoard profile (Profile tab) of two steps of
-the first preset's last variant and prints the ops that take the most
-time.
+the first preset's --profile_variant (bf16) and prints the ops that take
+the most time.
 The last line printed is one JSON object with every figure.
 """
 
@@ -183,6 +183,8 @@ def main():
                       choices=list(VARIANTS))
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--profile_dir', default=None)
+  parser.add_argument('--profile_variant', default='bf16',
+                      choices=list(VARIANTS))
   parser.add_argument('--no_memory', action='store_true',
                       help='Skip the peak-memory subprocesses.')
   parser.add_argument(peak_memory.FLAG, nargs=2, default=None,
@@ -203,7 +205,7 @@ def main():
   for preset in args.presets:
     steps = {v: build_step(preset, v) for v in args.variants}
     if args.profile_dir and preset == args.presets[0]:
-      profile(*steps[args.variants[-1]], args.profile_dir)
+      profile(*steps[args.profile_variant], args.profile_dir)
     for variant, ms in measure(steps, args.repeats).items():
       results[f'ms_{variant}_{preset}_preset'] = round(ms, 1)
       print(f'{preset} {variant}: {ms:.1f} ms a generator step', flush=True)
