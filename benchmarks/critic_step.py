@@ -2,8 +2,7 @@
 
 Every step is one critic update as ConditionalDPGAN.critic_step makes it
 (same critic, same per-record loss, gradients applied by Adam), compiled
-with tf.function and timed after warm-up; the figure is the median of the
-repeats, which are interleaved across variants (see measure). The
+with tf.function and timed after warm-up, as interleaved.METHOD. The
 non-private baseline is plain Adam (the DP optimizer's base class) on the
 batch-mean loss. `--compute_dtypes float32 bfloat16` adds each variant with
 the critic in bfloat16 (`_bf16`, train.py --compute_dtype). Peak memory:
@@ -20,11 +19,10 @@ the same dtype.
 """
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
@@ -33,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import dpgan_tf  # pylint: disable=g-import-not-at-top,unused-import
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import interleaved  # pylint: disable=g-import-not-at-top
 import peak_memory  # pylint: disable=g-import-not-at-top
 
 from dpgan_tf import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -80,25 +79,6 @@ def _step(engine, critic, loss, batch_size, num_microbatches):
         differentiates_inputs=loss == 'wgan_gp'), variables)
 
   return tf.function(private)
-
-
-def measure(steps, records, repeats):
-  """{name: median ms} over interleaved rounds, after one warm-up round.
-
-  Each round runs every step once, so load from other processes on a shared
-  machine hits all variants alike and the ratios stay fair. A step listed in
-  `repeats` (name -> count) joins only that many rounds.
-  """
-  times = {name: [] for name in steps}
-  for name, step in steps.items():
-    step(records)
-  for round_index in range(max(repeats.values())):
-    for name, step in steps.items():
-      if round_index < repeats[name]:
-        start = time.perf_counter()
-        step(records)
-        times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def build(name, dataset, batch_size, critic_width, loss):
@@ -158,7 +138,7 @@ def main():
   results = {'loss': args.loss, 'critic_width': args.critic_width,
              'device': 'GPU' if tf.config.list_physical_devices('GPU')
              else f'CPU x{os.cpu_count()}',
-             'timing': 'interleaved rounds in one process, medians',
+             'timing': interleaved.METHOD,
              'memory_method': peak_memory.METHOD}
   for dataset in CRITICS:
     if args.quick and dataset != 'mnist':
@@ -166,12 +146,12 @@ def main():
     for batch_size in args.batch_sizes:
       built = {name: build(name, dataset, batch_size, args.critic_width,
                            args.loss) for name in names}
-      steps = {name: step for name, (step, _) in built.items()}
-      records = built[names[0]][1]
+      steps = {name: functools.partial(step, records)
+               for name, (step, records) in built.items()}
       # The per-example jacobian is tens of seconds a step at batch 256.
       repeats = {name: 2 if 'jacobian_m64' in name and batch_size > 64
                  else args.repeats for name in steps}
-      for name, ms in measure(steps, records, repeats).items():
+      for name, ms in interleaved.median_ms(steps, repeats).items():
         results[f'ms_{name}_{dataset}_b{batch_size}'] = round(ms, 2)
         print(f'{name}_{dataset}_b{batch_size}: {ms:.1f} ms', flush=True)
       del built, steps

@@ -36,6 +36,7 @@ The last line printed is one JSON object with every figure.
 import argparse
 import collections
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -53,6 +54,7 @@ import numpy as np
 import dpgan_tf  # Before TensorFlow: it sets the oneDNN default.
 import tensorflow as tf
 
+import interleaved
 import peak_memory
 import train
 from dpgan_tf import batching
@@ -120,19 +122,6 @@ def build_step(preset: str, variant: str):
   return tf.function(model.train_step, jit_compile=jit), batches
 
 
-def measure(steps, repeats: int):
-  """{name: median ms} over interleaved rounds, after one warm-up call."""
-  for step, batches in steps.values():
-    step(batches)
-  times = collections.defaultdict(list)
-  for _ in range(repeats):
-    for name, (step, batches) in steps.items():
-      start = time.perf_counter()
-      step(batches)
-      times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def poisson_batch_ms(preset: str, draws: int = 20) -> float:
   """Median ms to draw one Poisson batch of the preset from N images."""
   c = preset_config(preset, 'float32')
@@ -197,8 +186,8 @@ def main():
     peak_memory.report_child_peak()
     return
 
-  results = {'device': f'CPU x{os.cpu_count()}', 'timing':
-             'interleaved rounds in one process, medians',
+  results = {'device': f'CPU x{os.cpu_count()}',
+             'timing': interleaved.METHOD,
              'memory_method': peak_memory.METHOD}
   if 'today' not in args.variants:
     args.variants.insert(0, 'today')
@@ -206,7 +195,9 @@ def main():
     steps = {v: build_step(preset, v) for v in args.variants}
     if args.profile_dir and preset == args.presets[0]:
       profile(*steps[args.profile_variant], args.profile_dir)
-    for variant, ms in measure(steps, args.repeats).items():
+    timed = {variant: functools.partial(step, batches)
+             for variant, (step, batches) in steps.items()}
+    for variant, ms in interleaved.median_ms(timed, args.repeats).items():
       results[f'ms_{variant}_{preset}_preset'] = round(ms, 1)
       print(f'{preset} {variant}: {ms:.1f} ms a generator step', flush=True)
     for variant in args.variants:
@@ -215,7 +206,7 @@ def main():
             results[f'ms_today_{preset}_preset'] /
             results[f'ms_{variant}_{preset}_preset'], 3)
     results[f'ms_poisson_batch_{preset}'] = round(poisson_batch_ms(preset), 2)
-    del steps
+    del steps, timed
     if not args.no_memory:
       for variant in args.variants:
         mb = peak_memory.peak_rss_mb(__file__, (preset, variant))

@@ -16,6 +16,12 @@ one per-sample norm per layer, overwritten by each call of the layer, so for
 a critic called on the real and the fake of a record it would clip by one
 call's gradient norm instead of the record's; it is not run.
 
+PyTorch's OpenMP threads busy-wait between operations by default; on a
+2-core host shared with other processes that made its plain step 6x slower
+(1095 against 180 ms at batch 64, measured side by side), so the script
+sets OMP_WAIT_POLICY=PASSIVE unless it is set. It uses as many threads as
+TensorFlow does (the host's cores).
+
 Runs in its own environment (benchmarks/requirements-opacus.txt):
 
   /tmp/opacus-venv/bin/python benchmarks/opacus_peer.py --batch_sizes 64 256 512
@@ -28,17 +34,19 @@ peak_memory.METHOD.
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # Before torch loads.
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 import torch
 from torch import nn
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peak_memory  # pylint: disable=g-import-not-at-top
+import interleaved
+import peak_memory
 
 NUM_CLASSES = 10
 
@@ -93,19 +101,6 @@ def build(name: str, batch_size: int, width: int):
   return step
 
 
-def measure(steps, repeats: int):
-  """{name: median ms} over interleaved rounds, after one warm-up round."""
-  for step in steps.values():
-    step()
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      step()
-      times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_sizes', type=int, nargs='+',
@@ -127,12 +122,12 @@ def main():
   results = {'torch': torch.__version__,
              'opacus': __import__('opacus').__version__,
              'device': f'CPU x{os.cpu_count()}', 'width': args.width,
-             'timing': 'interleaved rounds in one process, medians',
+             'timing': interleaved.METHOD,
              'memory_method': peak_memory.METHOD}
   for batch_size in args.batch_sizes:
     steps = {name: build(name, batch_size, args.width)
              for name in ('plain', 'opacus')}
-    for name, ms in measure(steps, args.repeats).items():
+    for name, ms in interleaved.median_ms(steps, args.repeats).items():
       results[f'ms_{name}_b{batch_size}'] = round(ms, 2)
       print(f'{name} b{batch_size}: {ms:.1f} ms', flush=True)
     results[f'ratio_opacus_b{batch_size}'] = round(
