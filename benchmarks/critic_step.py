@@ -2,35 +2,37 @@
 
 Every step is one critic update as ConditionalDPGAN.critic_step makes it
 (same critic, same per-record loss, gradients applied by Adam), compiled
-with tf.function and timed after warm-up; the figure is the median of the
-repeats, which are interleaved across variants (see measure). The
+with tf.function and timed after warm-up, as interleaved.METHOD. The
 non-private baseline is plain Adam (the DP optimizer's base class) on the
-batch-mean loss. Peak memory, measured in separate untimed steps: GPU
-allocator peak (tf.config.experimental.get_memory_info) when a GPU is
-visible, else the peak process RSS sampled every millisecond, above the RSS
-just before them ('rss_delta'; allocator caching can hide reuse, so it is a
-lower bound).
+batch-mean loss. `--compute_dtypes float32 bfloat16` adds each variant with
+the critic in bfloat16 (`_bf16`, train.py --compute_dtype). Peak memory:
+peak_memory.METHOD, a fresh process per variant (see peak_memory.py).
 
   python benchmarks/critic_step.py            # everything (several minutes)
   python benchmarks/critic_step.py --quick    # MNIST critic, no jacobian
+  python benchmarks/critic_step.py --quick --critic_width 64 \
+      --batch_sizes 64 256 512 --compute_dtypes float32 bfloat16
 
 The last line printed is one JSON object with every figure, and
-`ratio_<engine>_<dataset>_b<batch>` = DP step / non-private step.
+`ratio_<engine>[_bf16]_<dataset>_b<batch>` = DP step / non-private step in
+the same dtype.
 """
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import sys
-import threading
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+import dpgan_tf  # pylint: disable=g-import-not-at-top,unused-import
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+import interleaved  # pylint: disable=g-import-not-at-top
+import peak_memory  # pylint: disable=g-import-not-at-top
 
 from dpgan_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from dpgan_tf import dp_gradients  # pylint: disable=g-import-not-at-top
@@ -79,70 +81,29 @@ def _step(engine, critic, loss, batch_size, num_microbatches):
   return tf.function(private)
 
 
-class _PeakMemory:
-  """Peak memory while the context is open, in MB, above its start."""
-
-  def __init__(self):
-    self.gpu = bool(tf.config.list_physical_devices('GPU'))
-    self.method = 'gpu_peak' if self.gpu else 'rss_delta'
-    self.peak_mb = 0.0
-
-  @staticmethod
-  def _rss():
-    with open('/proc/self/statm') as f:
-      return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-  def _sample(self):
-    while not self._done.is_set():
-      self._peak = max(self._peak, self._rss())
-      time.sleep(0.001)
-
-  def __enter__(self):
-    if self.gpu:
-      tf.config.experimental.reset_memory_stats('GPU:0')
-      self._start = tf.config.experimental.get_memory_info('GPU:0')['current']
-    else:
-      self._start = self._peak = self._rss()
-      self._done = threading.Event()
-      self._thread = threading.Thread(target=self._sample, daemon=True)
-      self._thread.start()
-    return self
-
-  def __exit__(self, *unused_exc):
-    if self.gpu:
-      peak = tf.config.experimental.get_memory_info('GPU:0')['peak']
-    else:
-      self._done.set()
-      self._thread.join()
-      peak = self._peak
-    self.peak_mb = (peak - self._start) / 2**20
+def build(name, dataset, batch_size, critic_width, loss):
+  """Variant `name` ('<engine>[_m<microbatches>][_bf16]') of the critic step
+  on `dataset`'s critic: the compiled step and its records."""
+  parts = name.split('_')
+  num_microbatches = next((int(p[1:]) for p in parts if p.startswith('m')),
+                          None)
+  dtype = 'bfloat16' if 'bf16' in parts else 'float32'
+  with networks.compute_dtype(dtype):
+    critic = networks.build_critic(CRITICS[dataset], NUM_CLASSES,
+                                   critic_width)
+  return (_step(parts[0], critic, loss, batch_size, num_microbatches),
+          _records(CRITICS[dataset], batch_size))
 
 
-def measure(steps, records, repeats):
-  """{name: median ms} over interleaved rounds, after one warm-up round.
-
-  Each round runs every step once, so load from other processes on a shared
-  machine hits all variants alike and the ratios stay fair. A step listed in
-  `repeats` (name -> count) joins only that many rounds.
-  """
-  times = {name: [] for name in steps}
-  for name, step in steps.items():
-    step(records)
-  for round_index in range(max(repeats.values())):
-    for name, step in steps.items():
-      if round_index < repeats[name]:
-        start = time.perf_counter()
-        step(records)
-        times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
-def peak_memory(step, records):
-  """Peak memory of two more steps (see _PeakMemory)."""
-  with _PeakMemory() as memory:
-    for _ in range(2):
-      step(records)
-  return memory
+def variant_names(quick: bool, compute_dtypes):
+  """'plain', the engines and (unless quick) the jacobian at 64 and 8
+  microbatches, each with '_bf16' for bfloat16."""
+  names = ['plain'] + [e for e in config_lib.GRAD_ENGINES if e != 'jacobian']
+  if not quick:
+    names += ['jacobian_m64', 'jacobian_m8']
+  suffixes = {'float32': '', 'bfloat16': '_bf16'}
+  return [name + suffixes[dtype] for dtype in compute_dtypes
+          for name in names]
 
 
 def main():
@@ -155,42 +116,58 @@ def main():
   parser.add_argument('--batch_sizes', type=int, nargs='+', default=[64, 256])
   parser.add_argument('--critic_width', type=int, default=32,
                       help='Filters of the first convolution (train.py '
-                      '--critic_width; the presets use 32 or 64).')
+                      '--critic_width; the presets use 32 to 128).')
+  parser.add_argument('--compute_dtypes', nargs='+', default=['float32'],
+                      choices=config_lib.COMPUTE_DTYPES)
+  parser.add_argument('--no_memory', action='store_true',
+                      help='Skip the peak-memory subprocesses.')
+  parser.add_argument(peak_memory.FLAG, nargs=3, default=None,
+                      metavar=('VARIANT', 'DATASET', 'BATCH'),
+                      help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.peak_memory_of:
+    name, dataset, batch_size = args.peak_memory_of
+    step, records = build(name, dataset, int(batch_size), args.critic_width,
+                          args.loss)
+    for _ in range(3):
+      step(records)
+    peak_memory.report_child_peak()
+    return
 
-  engines = [e for e in config_lib.GRAD_ENGINES if e != 'jacobian']
-  variants = [('plain', None)] + [(e, None) for e in engines]
-  if not args.quick:
-    variants += [('jacobian_m64', 64), ('jacobian_m8', 8)]
+  names = variant_names(args.quick, args.compute_dtypes)
   results = {'loss': args.loss, 'critic_width': args.critic_width,
-             'device': 'GPU' if tf.config
-                                             .list_physical_devices('GPU')
-             else f'CPU x{os.cpu_count()}'}
-  for dataset, image_shape in CRITICS.items():
+             'device': 'GPU' if tf.config.list_physical_devices('GPU')
+             else f'CPU x{os.cpu_count()}',
+             'timing': interleaved.METHOD,
+             'memory_method': peak_memory.METHOD}
+  for dataset in CRITICS:
     if args.quick and dataset != 'mnist':
       continue
     for batch_size in args.batch_sizes:
-      records = _records(image_shape, batch_size)
-      steps = {}
-      for name, num_microbatches in variants:
-        critic = networks.build_critic(image_shape, NUM_CLASSES,
-                                       args.critic_width)
-        steps[name] = _step(name.split('_')[0], critic, args.loss,
-                            batch_size, num_microbatches)
+      built = {name: build(name, dataset, batch_size, args.critic_width,
+                           args.loss) for name in names}
+      steps = {name: functools.partial(step, records)
+               for name, (step, records) in built.items()}
       # The per-example jacobian is tens of seconds a step at batch 256.
-      repeats = {name: 2 if name == 'jacobian_m64' and batch_size > 64
+      repeats = {name: 2 if 'jacobian_m64' in name and batch_size > 64
                  else args.repeats for name in steps}
-      for name, ms in measure(steps, records, repeats).items():
+      for name, ms in interleaved.median_ms(steps, repeats).items():
+        results[f'ms_{name}_{dataset}_b{batch_size}'] = round(ms, 2)
+        print(f'{name}_{dataset}_b{batch_size}: {ms:.1f} ms', flush=True)
+      del built, steps
+      for name in names:
         key = f'{name}_{dataset}_b{batch_size}'
-        memory = peak_memory(steps[name], records)
-        results[f'ms_{key}'] = round(ms, 2)
-        results[f'peak_mb_{key}'] = round(memory.peak_mb, 1)
-        results['memory_method'] = memory.method
-        print(f'{key}: {ms:.1f} ms, peak {memory.peak_mb:.1f} MB', flush=True)
-      plain = results[f'ms_plain_{dataset}_b{batch_size}']
-      for name, _ in variants[1:]:
-        key = f'{name}_{dataset}_b{batch_size}'
-        results[f'ratio_{key}'] = round(results[f'ms_{key}'] / plain, 3)
+        if not name.startswith('plain'):
+          plain = 'plain_bf16' if name.endswith('_bf16') else 'plain'
+          results[f'ratio_{key}'] = round(
+              results[f'ms_{key}'] /
+              results[f'ms_{plain}_{dataset}_b{batch_size}'], 3)
+        if not args.no_memory:
+          mb = peak_memory.peak_rss_mb(__file__, (
+              name, dataset, batch_size, '--critic_width', args.critic_width,
+              '--loss', args.loss))
+          results[f'peak_rss_mb_{key}'] = mb
+          print(f'{key}: peak RSS {mb:.0f} MB', flush=True)
   print(json.dumps(results))
 
 

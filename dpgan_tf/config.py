@@ -33,12 +33,14 @@ CELEB_A_ATTRIBUTES = (
     'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
     'Wearing_Necktie', 'Young')
 IMAGE_CHANNELS = (1, 3)
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 CHOICES = {
     'sampling': SAMPLING_METHODS, 'grad_engine': GRAD_ENGINES,
     'loss': CRITIC_LOSSES, 'fake_gradient': FAKE_GRADIENTS,
     'generator_upsampling': UPSAMPLINGS, 'critic_norm': CRITIC_NORMS,
     'strategy': STRATEGIES, 'warm_start': WARM_STARTS,
     'celeb_a_attribute': CELEB_A_ATTRIBUTES,
+    'compute_dtype': COMPUTE_DTYPES,
 }
 # The flags as a run was started, in its --model_dir (the seed left out).
 RUN_CONFIG_FILE = 'run_config.json'
@@ -153,6 +155,9 @@ class TrainConfig:
   generator_upsampling: str = 'transposed'
   critic_width: int = 32
   critic_norm: str = 'none'
+  # The networks' arithmetic (networks.compute_dtype); variables, norms,
+  # clipping and noise stay float32.
+  compute_dtype: str = 'float32'
   generator_lr: float = 2e-4
   critic_lr: float = 2e-4
   beta_1: float = 0.5
@@ -269,6 +274,10 @@ def _validate_critic_step(c: TrainConfig) -> None:
     require(c.grad_engine != 'jacobian', '--fake_gradient=public needs '
             '--grad_engine=ghost or vectorized (the jacobian path clips '
             'inside the DP optimizer, which would noise the fakes too).')
+  require(c.compute_dtype == 'float32' or c.grad_engine != 'jacobian',
+          f'--compute_dtype={c.compute_dtype} needs --grad_engine=ghost or '
+          'vectorized (the jacobian path clips inside the DP optimizer, at C '
+          'and not at the bound that covers bfloat16 rounding).')
   require(c.strategy == 'default' or c.grad_engine != 'jacobian',
           f'--strategy={c.strategy} needs --grad_engine=ghost or vectorized '
           '(the jacobian path would add noise on every replica).')

@@ -41,6 +41,18 @@ gradient computation of the critic's DP optimizer
 (`privacy.DPCriticAdamOptimizer`), which noises the sum with its query's
 `get_noised_result`: the same clipping and noise as the jacobian path.
 
+With `--compute_dtype=bfloat16` the critic's layers compute in bfloat16
+(networks.compute_dtype): the ghost engine records bfloat16 layer inputs and
+output gradients, while per-microbatch norms, clip factors, the clipped sum
+and the noise stay float32 (see _kernel_gradients). A gradient formed in
+bfloat16 keeps 8 significant bits: each element is within 2^-9 (relative)
+of the same product accumulated in float32, so the norm of a record's
+gradient in float32 on the same bfloat16 activations may exceed the
+measured one by that much. The engines then clip at C / (1 + eta), with
+eta = BFLOAT16_NORM_ERROR = 2^-7 bounding that relative error with room
+for float32 rounding of the norms, so every record's true contribution has
+norm <= C (tests/test_dp_gradients.py tries adversarial records).
+
 All divide the noised sum by the *expected* number of microbatches, a
 constant: dividing by the realised Poisson batch size would make the
 normaliser data-dependent. The vectorized engine pads each batch to whole
@@ -119,6 +131,20 @@ def pad_to_multiple(records, multiple: int):
 
   mask = tf.concat([tf.ones([n]), tf.zeros([padding])], 0)
   return tf.nest.map_structure(pad, records), mask
+
+
+# eta: the bound on the relative error of a per-microbatch norm measured
+# from bfloat16 activations (see module doc).
+BFLOAT16_NORM_ERROR = 2.0**-7
+
+
+def clip_for(clip, model: keras.Model) -> tf.Tensor:
+  """The clip norm the engines apply: C, or C / (1 + eta) when `model`
+  computes in bfloat16 (see module doc)."""
+  clip = tf.cast(clip, tf.float32)
+  if model.compute_dtype == 'float32':
+    return clip
+  return clip / (1.0 + BFLOAT16_NORM_ERROR)
 
 
 def _clip_weights(norms: tf.Tensor, clip: tf.Tensor) -> tf.Tensor:
@@ -342,16 +368,21 @@ def _kernel_gradients(a: tf.Tensor, d: tf.Tensor):
     positions for the sum, or by forming the per-microbatch gradients and
     reusing them for the sum, as ghost_norm_is_cheaper picks from the static
     shapes. Both form the transposes, d^T a: TF's CPU matmuls are faster
-    with the long K dimension innermost.
+    with the long K dimension innermost. Both return float32: in bfloat16
+    (--compute_dtype) the ghost norm and its sum run on a and d cast to
+    float32 (exactly), and formed gradients are multiplied in bfloat16, then
+    cast, so that their norms and their sum are taken of the same float32
+    values.
   """
   s, k, o = a.shape[1], a.shape[2], d.shape[2]
   if s is not None and ghost_norm_is_cheaper(s, k, o):
+    a, d = tf.cast(a, tf.float32), tf.cast(d, tf.float32)
     squares = tf.reduce_sum(tf.matmul(a, a, transpose_b=True) *
                             tf.matmul(d, d, transpose_b=True), [1, 2])
     return squares, lambda w: tf.transpose(tf.matmul(
         tf.reshape(d * w[:, tf.newaxis, tf.newaxis], [-1, o]),
         tf.reshape(a, [-1, k]), transpose_a=True))
-  grads = tf.matmul(d, a, transpose_a=True)
+  grads = tf.cast(tf.matmul(d, a, transpose_a=True), tf.float32)
   squares = tf.reduce_sum(tf.square(grads), [1, 2])
   return squares, lambda w: tf.transpose(tf.tensordot(w, grads, 1))
 
@@ -398,7 +429,7 @@ def clipped_sum_ghost(clip: tf.Tensor, loss_fn: LossFn, layers, variables,
     squares.append(kernel_squares)
     weighted_sums.append((layer.kernel, kernel_sum))
     if layer.use_bias:
-      bias_grads = tf.reduce_sum(d, 1)
+      bias_grads = tf.reduce_sum(tf.cast(d, tf.float32), 1)
       squares.append(tf.reduce_sum(tf.square(bias_grads), 1))
       weighted_sums.append(
           (layer.bias, lambda w, g=bias_grads: tf.tensordot(w, g, 1)))
@@ -443,7 +474,7 @@ def clipped_sums(engine: str, clip: tf.Tensor, loss_fn: LossFn,
                      'the DP optimizer takes ghost or vectorized.')
   engine, layers = _choose_engine(engine, model, loss_differentiates_inputs)
   variables = model.trainable_variables
-  clip = tf.cast(clip, tf.float32)
+  clip = clip_for(clip, model)
   if engine == 'ghost':
     sums, norms = clipped_sum_ghost(clip, loss_fn, layers, variables, records,
                                     microbatch_size)

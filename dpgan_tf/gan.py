@@ -26,7 +26,10 @@ run would have drawn, and no noise is ever reused.
 Metrics: by default only quantities computed from the DP-noised critic and
 public randomness: the generator loss, epsilon, and the critic's loss on
 fakes of uniformly drawn classes at the expected batch size (never on the
-fakes paired with the real batch, whose labels and count are private).
+fakes paired with the real batch, whose labels and count are private). That
+loss is taken on the fakes of the step's first generator update, which the
+critic (after the step's critic updates) scores anyway, so no generator or
+critic pass runs for the metric alone.
 Anything else read from real data (critic loss on the real batch, the
 Wasserstein estimate, clipping statistics, the realised batch size) is a
 non-private diagnostic, computed only when asked for and named `nonprivate_*`.
@@ -205,11 +208,15 @@ class ConditionalDPGAN(keras.Model):
         self.critic([fakes['fake'], fakes['labels']], training=True))
 
   def critic_step(self, images, labels):
-    """One private critic update on one real batch; returns its metrics."""
+    """One private critic update on one real batch; returns its opt-in
+    non-private metrics (none by default)."""
     step = self.ledger.critic_steps
     records = self.critic_records(images, labels, step)
     self.noise_seed.assign(self._key(_DP_NOISE, step))
-    fakes = self.public_fakes(step)
+    fakes = None
+    if (self.options.fake_gradient == 'public' or
+        self.options.nonprivate_diagnostics):
+      fakes = self.public_fakes(step)
     self.critic_optimizer.minimize(self.private_loss(records, fakes),
                                    self.critic.trainable_variables)
     if self.options.critic_weight_clip > 0:
@@ -217,15 +224,13 @@ class ConditionalDPGAN(keras.Model):
     # Once per global step, whether or not the ledger is replicated.
     tf.distribute.get_replica_context().merge_call(
         lambda _: self.ledger.critic_steps.assign_add(1))
+    if not self.options.nonprivate_diagnostics:
+      return {}
     fake_scores = self.critic([fakes['fake'], fakes['labels']],
                               training=False)
     fake_loss = self._global_mean(losses.fake_terms(self.options.loss,
                                                     fake_scores))
-    metrics = {'critic_loss_fake': fake_loss}
-    if self.options.nonprivate_diagnostics:
-      metrics.update(self._nonprivate_metrics(records, labels, fake_loss,
-                                              fake_scores))
-    return metrics
+    return self._nonprivate_metrics(records, labels, fake_loss, fake_scores)
 
   def private_loss(self, records, fakes) -> dp_gradients.PrivateLoss:
     """The critic's loss as its DP optimizer takes it (dp_gradients)."""
@@ -317,21 +322,25 @@ class ConditionalDPGAN(keras.Model):
 
   def generator_update(self, update):
     """Generator update number `update` of the run (from 0), on uniformly
-    drawn classes (no real data)."""
+    drawn classes (no real data). Returns the generator's loss and the
+    critic's loss on the same fakes (see module doc), both before the
+    update."""
     labels, noise, fraction = self._generator_inputs(_GEN_LABELS, _GEN_NOISE,
                                                      update)
     with tf.GradientTape() as tape:
       fake = self.generator([noise, labels], training=True)
-      loss = losses.generator_loss(self.critic([fake, labels], training=False))
+      scores = self.critic([fake, labels], training=False)
       # This replica's share of the global mean: the optimizer sums the
       # replicas' gradients.
-      share = loss * fraction
+      share = losses.generator_loss(scores) * fraction
     grads = tape.gradient(share, self.generator.trainable_variables)
     self.generator_optimizer.apply_gradients(
         zip(grads, self.generator.trainable_variables))
     if self.ema_generator is not None:
       self.update_generator_ema(update + 1)
-    return self._sum_over_replicas(share)
+    critic_loss = self._global_mean(losses.fake_terms(
+        self.options.loss, tf.stop_gradient(scores)))
+    return self._sum_over_replicas(share), critic_loss
 
   def train_step(self, data):
     """`data`: a tuple of n_critic (uint8 images, int32 labels) batches."""
@@ -339,9 +348,11 @@ class ConditionalDPGAN(keras.Model):
     metrics = {k: tf.add_n([m[k] for m in per_step]) / len(per_step)
                for k in per_step[0]}
     first = self.generator_steps * self.options.n_generator
-    generator_losses = [self.generator_update(first + i)
-                        for i in range(self.options.n_generator)]
+    generator_losses, critic_losses = zip(*[
+        self.generator_update(first + i)
+        for i in range(self.options.n_generator)])
     self.generator_steps.assign_add(1)
+    metrics['critic_loss_fake'] = critic_losses[0]
     metrics['generator_loss'] = (tf.add_n(generator_losses) /
                                  self.options.n_generator)
     return metrics

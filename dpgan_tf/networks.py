@@ -29,14 +29,59 @@ per-example, and without gain or bias, so it adds no parameters to noise and
 the ghost-clipping engine still covers every trainable variable.
 """
 
+import contextlib
 from typing import Tuple
 
+from absl import logging
 import tensorflow as tf
 
 from dpgan_tf import config as config_lib
 
 keras = tf.keras
 
+# --compute_dtype -> the Keras dtype policy the networks are built with.
+_POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16'}
+# The dtype of the per-element layers (activations, normalisations) under
+# any policy: TensorFlow's CPU kernels for them, and their gradients, are
+# slower in bfloat16 than in float32 with the casts (docs/performance.md).
+_PER_ELEMENT = 'float32'
+# CPU flags of the instructions oneDNN's bfloat16 kernels run on.
+_BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_bf16_kernels() -> bool:
+  """Whether this (Linux) CPU has the instructions of oneDNN's bfloat16
+  kernels; without them TensorFlow emulates bfloat16 arithmetic."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = f.read().split()
+  except OSError:
+    return False
+  return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype: str):
+  """Layers built inside compute in `dtype` ('float32' or 'bfloat16'); their
+  variables stay float32 (Keras's mixed_bfloat16 policy), and the networks'
+  outputs are cast back to float32. Only the convolutions and dense layers
+  run in bfloat16: the per-element layers stay float32 (_PER_ELEMENT).
+  float32 is the default: the presets were chosen and measured in it
+  (docs/performance.md)."""
+  if dtype not in config_lib.COMPUTE_DTYPES:
+    raise ValueError(f'--compute_dtype={dtype!r}: choose one of '
+                     f'{config_lib.COMPUTE_DTYPES}.')
+  if dtype == 'bfloat16' and not (cpu_has_bf16_kernels() or
+                                  tf.config.list_physical_devices('GPU')):
+    logging.warning('--compute_dtype=bfloat16: this CPU has none of %s, so '
+                    'TensorFlow emulates bfloat16 and the networks will run '
+                    'slower than in float32.', ', '.join(_BF16_CPU_FLAGS))
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(_POLICIES[dtype])
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 class PixelNorm(keras.layers.Layer):
@@ -94,13 +139,15 @@ def build_generator(image_shape: Tuple[int, int, int],
   filters = width * 2**num_up
   x = keras.layers.Dense(start * start * filters)(x)
   x = keras.layers.Reshape((start, start, filters))(x)
-  x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
+  x = PixelNorm(dtype=_PER_ELEMENT)(
+      keras.layers.LeakyReLU(0.2, dtype=_PER_ELEMENT)(x))
   for _ in range(num_up - 1):
     filters //= 2
     x = _upsample(x, filters, upsampling)
-    x = PixelNorm()(keras.layers.LeakyReLU(0.2)(x))
+    x = PixelNorm(dtype=_PER_ELEMENT)(
+      keras.layers.LeakyReLU(0.2, dtype=_PER_ELEMENT)(x))
   x = _upsample(x, channels, upsampling)
-  images = keras.layers.Activation('tanh', name='images')(x)
+  images = keras.layers.Activation('tanh', dtype='float32', name='images')(x)
   return keras.Model([noise, labels], images, name='generator')
 
 
@@ -125,15 +172,19 @@ def build_critic(image_shape: Tuple[int, int, int],
     x = keras.layers.Conv2D(width * 2**i, 4, 2, 'same')(x)
     if norm == 'layer':
       x = keras.layers.LayerNormalization(axis=(1, 2, 3), center=False,
-                                          scale=False)(x)
-    x = keras.layers.LeakyReLU(0.2)(x)
-  features = keras.layers.Flatten()(x)
+                                          scale=False, dtype=_PER_ELEMENT)(x)
+    x = keras.layers.LeakyReLU(0.2, dtype=_PER_ELEMENT)(x)
+  # float32 features: the projection sums thousands of products.
+  features = keras.layers.Flatten(dtype=_PER_ELEMENT)(x)
   unconditional = keras.layers.Dense(1, name='score')(features)
   one_hot = tf.one_hot(labels, num_classes)
   class_embedding = keras.layers.Dense(features.shape[-1], use_bias=False,
                                        name='class_projection')(one_hot)
+  if class_embedding.dtype != features.dtype:  # bfloat16 dense layers.
+    unconditional = tf.cast(unconditional, features.dtype)
+    class_embedding = tf.cast(class_embedding, features.dtype)
   projection = tf.reduce_sum(class_embedding * features, axis=-1,
                              keepdims=True)
   scores = keras.layers.Flatten(name='scores')(unconditional + projection)
-  scores = keras.layers.Reshape(())(scores)
+  scores = keras.layers.Reshape((), dtype='float32')(scores)
   return keras.Model([images, labels], scores, name='critic')

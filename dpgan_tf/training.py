@@ -303,7 +303,7 @@ def build_model(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec,
                 plan: PrivacyPlan, ledger: privacy.PrivacyLedger,
                 strategy: tf.distribute.Strategy, seed: int):
   """(model, warm start or None, checkpoint), built in the strategy's scope."""
-  with strategy.scope():
+  with strategy.scope(), networks.compute_dtype(c.compute_dtype):
     generator = networks.build_generator(spec.image_shape, spec.num_classes,
                                          c.latent_dim, c.generator_width,
                                          c.generator_upsampling)

@@ -369,3 +369,64 @@ def test_critic_update_is_the_optimizers_minimize_and_its_own_gradients(
   assert any(np.any(v.numpy() != b) for v, b in zip(variables, before))
   for v, b in zip(variables, before):
     v.assign(b)
+
+
+def bfloat16_critic_and_float32_twin():
+  """A bfloat16 critic with large weights (large activations), rounded to
+  bfloat16 values, and a float32 critic with the same weights."""
+  tf.keras.utils.set_random_seed(3)
+  with networks.compute_dtype('bfloat16'):
+    critic = networks.build_critic(IMAGE_SHAPE, NUM_CLASSES, width=4)
+  for v in critic.trainable_variables:
+    v.assign(tf.cast(tf.cast(8.0 * v, tf.bfloat16), tf.float32))
+  twin = networks.build_critic(IMAGE_SHAPE, NUM_CLASSES, width=4)
+  twin.set_weights(critic.get_weights())
+  return critic, twin
+
+
+def near_tied_records():
+  """Two near copies of each of 4 records, in bfloat16 values, at the ends
+  of [-1, 1] where the inputs are largest."""
+  real, fake, labels, interpolation = make_records(4, seed=5)
+  rng = np.random.default_rng(6)
+  copies = lambda t: tf.concat([t, t + 1e-2 * rng.standard_normal(t.shape)],
+                               0)
+  to_bf16 = lambda t: tf.cast(tf.cast(tf.sign(t) * tf.sqrt(tf.abs(t)),
+                                      tf.bfloat16), tf.float32)
+  return (to_bf16(copies(real)), to_bf16(copies(fake)),
+          tf.concat([labels, labels], 0),
+          tf.concat([interpolation, interpolation], 0))
+
+
+def test_bfloat16_clipping_bounds_every_records_contribution_by_c():
+  """--compute_dtype=bfloat16: every record adds at most C to the float32
+  sum, measured against references that share no code with the engine.
+
+  Norms measured from bfloat16 activations may be slightly too small, which
+  the engine's clip at C / (1 + eta) absorbs. Each record's gradient, by
+  the bfloat16 critic's own tape and by a float32 tape on the same
+  bfloat16-rounded weights and inputs, scaled by the engine's clip factor,
+  has norm <= C, and so does the engine's sum for the record alone. C is
+  the median norm, so the near-tied copies fall on both sides of it; at
+  C itself, clipped at C alone, a reference norm above the measured one
+  would exceed C.
+  """
+  critic, twin = bfloat16_critic_and_float32_twin()
+  records = near_tied_records()
+  _, norms = private_gradients('ghost', critic, records, clip=1e9)
+  clip = float(np.median(norms))
+  applied = clip / (1.0 + dp_gradients.BFLOAT16_NORM_ERROR)
+  factors = applied / np.maximum(norms, applied)
+  for reference in (critic, twin):
+    true_norms = np.array([global_norm(g) for g in
+                           per_record_gradients(reference, records)])
+    # Rounding is there, and eta bounds it (a saturated hinge gives 0).
+    measured = norms > 0
+    errors = np.abs(true_norms[measured] / norms[measured] - 1)
+    assert 0 < np.max(errors) <= dp_gradients.BFLOAT16_NORM_ERROR
+    assert np.all(factors * true_norms <= clip)
+  for i in range(len(norms)):
+    alone = tf.nest.map_structure(lambda t, i=i: t[i:i + 1], records)
+    contribution, _ = private_gradients('ghost', critic, alone, clip=clip,
+                                        expected=1.0)
+    assert global_norm(contribution) <= clip * (1 + 1e-6)

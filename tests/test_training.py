@@ -183,6 +183,7 @@ _OTHER_COMPUTATION = {
     'generator_upsampling': dict(generator_upsampling='resize'),
     'critic_width': dict(critic_width=16),
     'critic_norm': dict(critic_norm='layer'),
+    'compute_dtype': dict(compute_dtype='bfloat16'),
     'generator_lr': dict(generator_lr=1e-4),
     'critic_lr': dict(critic_lr=1e-4),
     'beta_1': dict(beta_1=0.0),
