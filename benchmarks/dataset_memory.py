@@ -11,14 +11,14 @@ with the training set: in memory by N x 48 KiB, memory-mapped not with N.
 
   python benchmarks/dataset_memory.py --examples=2000,8000
 
-Prints one line per case: N, mode, phase, peak RSS (ru_maxrss) and, at the
-end of the process, its anonymous (heap) and file-backed resident memory.
+Prints one line per case: N, mode, peak RSS (VmHWM, as peak_memory.py
+measures it) and, at the end of the process, its anonymous (heap) and
+file-backed resident memory.
 File-backed pages of the mapping are page cache the kernel can drop.
 """
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,10 +26,12 @@ import tempfile
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
+import peak_memory
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 flags.DEFINE_list('examples', ['2000', '8000'], 'Training set sizes N.')
@@ -40,14 +42,6 @@ flags.DEFINE_string('case', None, 'Internal: run one case in this process '
 FLAGS = flags.FLAGS
 
 _MIB = 1 << 20
-
-
-def _status_kib(field: str) -> int:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(field + ':'):
-        return int(line.split()[1])
-  return 0
 
 
 def _run_case(mode: str, n: int, data_dir: str) -> dict:
@@ -71,10 +65,9 @@ def _run_case(mode: str, n: int, data_dir: str) -> dict:
     checksum += int(images[:, 0, 0, 0].sum())
   return {'examples': n, 'mode': mode,
           'memory_mapped': isinstance(split.images, np.memmap),
-          'peak_rss_mib': resource.getrusage(
-              resource.RUSAGE_SELF).ru_maxrss / 1024,
-          'rss_anon_mib': _status_kib('RssAnon') / 1024,
-          'rss_file_mib': _status_kib('RssFile') / 1024,
+          'peak_rss_mib': peak_memory.status_mb('VmHWM'),
+          'rss_anon_mib': peak_memory.status_mb('RssAnon'),
+          'rss_file_mib': peak_memory.status_mb('RssFile'),
           'checksum': checksum}
 
 

@@ -23,12 +23,20 @@ METHOD = 'peak RSS (VmHWM) of a fresh subprocess per variant'
 FLAG = '--peak_memory_of'
 
 
+def status_mb(field: str) -> float:
+  """A memory figure of this process from /proc/self/status (VmHWM: its
+  peak RSS; RssAnon, RssFile: heap and file-backed resident memory now),
+  in MB (2^20 bytes)."""
+  with open('/proc/self/status') as f:
+    kib = next(int(line.split()[1]) for line in f
+               if line.startswith(field + ':'))
+  return kib / 1024
+
+
 def report_child_peak() -> None:
   """In the child: prints this process's peak RSS in MB as one JSON line."""
-  with open('/proc/self/status') as f:
-    peak_kb = next(int(line.split()[1]) for line in f
-                   if line.startswith('VmHWM:'))
-  print(json.dumps({'peak_rss_mb': round(peak_kb / 1024, 1)}), flush=True)
+  print(json.dumps({'peak_rss_mb': round(status_mb('VmHWM'), 1)}),
+        flush=True)
 
 
 def peak_rss_mb(script: str, variant_args) -> float:
