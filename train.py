@@ -117,8 +117,10 @@ flags.DEFINE_enum('compute_dtype', _DEFAULTS.compute_dtype,
                   'layers: "bfloat16" (Keras\'s mixed_bfloat16 policy) is '
                   'faster on CPUs with BF16 instructions; variables, '
                   'per-example norms, clipping and noise stay float32, and '
-                  'the clip bound covers bfloat16 rounding. Needs '
-                  '--grad_engine=ghost or vectorized.')
+                  'the clip bound covers bfloat16 rounding. "auto": '
+                  'bfloat16 on a GPU or a CPU with BF16 instructions, '
+                  'float32 elsewhere (the run records which). Needs '
+                  '--grad_engine=ghost or vectorized unless float32.')
 flags.DEFINE_float('generator_lr', _DEFAULTS.generator_lr, 'Adam lr.')
 flags.DEFINE_float('critic_lr', _DEFAULTS.critic_lr, 'DP Adam lr.')
 flags.DEFINE_float('beta_1', _DEFAULTS.beta_1, 'Adam beta_1.')
@@ -180,6 +182,10 @@ flags.DEFINE_bool('nonprivate_diagnostics', False, 'Also log statistics of '
                   'the real batches (critic loss on real data, Wasserstein '
                   'estimate, clipping) under nonprivate/: NOT covered by the '
                   'guarantee.')
+flags.DEFINE_string('profile_steps', _DEFAULTS.profile_steps, '"START,STOP": '
+                    'trace generator steps START to STOP with TensorFlow\'s '
+                    'profiler into <model_dir>/nonprivate/profile (TensorBoard\'s '
+                    'Profile tab): NOT covered by the guarantee.')
 flags.DEFINE_enum('strategy', _DEFAULTS.strategy, config_lib.STRATEGIES,
                   'tf.distribute strategy (multi_worker reads TF_CONFIG).')
 flags.DEFINE_integer('cluster_timeout', _DEFAULTS.cluster_timeout,

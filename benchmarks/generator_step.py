@@ -28,16 +28,15 @@ it cannot stall a step that takes far longer.
   python benchmarks/generator_step.py --profile_dir /tmp/p   # + a profile
 
 --profile_dir writes a TensorBoard profile (Profile tab) of two steps of
-the first preset's --profile_variant (bf16) and prints the ops that take
-the most time.
+the first preset's --profile_variant (bf16) and prints where their time
+goes, as benchmarks/profile_summary.py does for a train.py
+--profile_steps trace.
 The last line printed is one JSON object with every figure.
 """
 
 import argparse
-import collections
 import dataclasses
 import functools
-import glob
 import json
 import os
 import statistics
@@ -56,6 +55,7 @@ import tensorflow as tf
 
 import interleaved
 import peak_memory
+import profile_summary
 import train
 from dpgan_tf import batching
 from dpgan_tf import data as data_lib
@@ -138,30 +138,15 @@ def poisson_batch_ms(preset: str, draws: int = 20) -> float:
   return statistics.median(times)
 
 
-def profile(step, batches, logdir: str, top: int = 25):
-  """Writes a TensorBoard profile of two steps; prints the costliest ops."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+def profile(step, batches, logdir: str):
+  """Writes a TensorBoard profile of two steps; prints where their time
+  went (profile_summary.py)."""
   step(batches)
   tf.profiler.experimental.start(logdir)
   for _ in range(2):
     step(batches)
   tf.profiler.experimental.stop()
-  path = sorted(glob.glob(f'{logdir}/**/*.xplane.pb', recursive=True))[-1]
-  space = xplane_pb2.XSpace()
-  with open(path, 'rb') as f:
-    space.ParseFromString(f.read())
-  per_op = collections.Counter()
-  for plane in space.planes:
-    for line in plane.lines:
-      if not line.name.startswith('tf_Compute'):
-        continue
-      for event in line.events:
-        name = plane.event_metadata[event.metadata_id].name
-        if ':' in name.replace('::', ''):  # 'node:OpType', not frames.
-          per_op[name] += event.duration_ps / 2e9  # ms per step
-  print(f'profile in {logdir}; ms per step by op:')
-  for name, ms in per_op.most_common(top):
-    print(f'  {ms:8.1f}  {name}')
+  return profile_summary.summarize(profile_summary.newest_trace(logdir), 2)
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Keras callbacks: privacy reporting, divergence guard, checkpoints, TensorBoard.
+"""Keras callbacks: privacy reporting, divergence guard, checkpoints, TensorBoard,
+profiling.
 
 They run after every `train_step` in this order: epsilon is added to the logs
 first (so the progress bar and TensorBoard show it), a non-finite loss stops
@@ -166,3 +167,36 @@ class TensorBoardMonitor(tf.keras.callbacks.Callback):
   def on_train_end(self, logs=None):
     self.write_samples(int(self.model.generator_steps.numpy()))
     self.writer.flush()
+
+
+class ProfileSteps(tf.keras.callbacks.Callback):
+  """Traces generator steps first..last (both included) with TensorFlow's
+  profiler into `log_dir`, TensorBoard's Profile tab. Op timings follow
+  each step's realised Poisson batch size, which is private, so `log_dir`
+  is under nonprivate/ and the trace is off unless asked for."""
+
+  def __init__(self, log_dir, first, last):
+    super().__init__()
+    self.log_dir = log_dir
+    self.first, self.last = first, last
+    self._tracing = False
+
+  def on_train_batch_begin(self, batch, logs=None):
+    step = int(self.model.generator_steps.numpy()) + 1
+    if not self._tracing and self.first <= step <= self.last:
+      tf.profiler.experimental.start(self.log_dir)
+      self._tracing = True
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._tracing and int(self.model.generator_steps.numpy()) >= self.last:
+      self._stop()
+
+  def on_train_end(self, logs=None):
+    if self._tracing:
+      self._stop()
+
+  def _stop(self):
+    tf.profiler.experimental.stop()
+    self._tracing = False
+    logging.info('Profile of generator steps %d-%d written to %s', self.first,
+                 self.last, self.log_dir)

@@ -33,7 +33,7 @@ CELEB_A_ATTRIBUTES = (
     'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
     'Wearing_Necktie', 'Young')
 IMAGE_CHANNELS = (1, 3)
-COMPUTE_DTYPES = ('float32', 'bfloat16')
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'auto')
 CHOICES = {
     'sampling': SAMPLING_METHODS, 'grad_engine': GRAD_ENGINES,
     'loss': CRITIC_LOSSES, 'fake_gradient': FAKE_GRADIENTS,
@@ -58,7 +58,7 @@ RESUME_FREE_FLAGS = frozenset({
     'epochs', 'target_epsilon', 'noise_multiplier',
     # Cadence of checkpoints and reports, and opt-in extra metrics.
     'checkpoint_every', 'sample_every', 'log_every', 'keep_checkpoints',
-    'nonprivate_diagnostics',
+    'nonprivate_diagnostics', 'profile_steps',
     # What is sampled and exported (the moving average reads the generator
     # only; switching it on or off is refused by its own check).
     'generator_ema', 'sample_candidates',
@@ -156,7 +156,8 @@ class TrainConfig:
   critic_width: int = 32
   critic_norm: str = 'none'
   # The networks' arithmetic (networks.compute_dtype); variables, norms,
-  # clipping and noise stay float32.
+  # clipping and noise stay float32. 'auto' is resolved by
+  # networks.resolve_compute_dtype before a run starts.
   compute_dtype: str = 'float32'
   generator_lr: float = 2e-4
   critic_lr: float = 2e-4
@@ -187,6 +188,10 @@ class TrainConfig:
   log_every: int = 50
   keep_checkpoints: int = 3
   nonprivate_diagnostics: bool = False
+  # 'START,STOP': trace generator steps START..STOP with TensorFlow's
+  # profiler, into <model_dir>/nonprivate/profile (profile_range). Empty:
+  # no trace.
+  profile_steps: str = ''
   strategy: str = 'default'
   # How long a multi-worker run waits for every worker of TF_CONFIG to
   # start before giving up (cluster.py).
@@ -197,6 +202,21 @@ class TrainConfig:
     if self.num_microbatches is None:
       return 1
     return self.batch_size // self.num_microbatches
+
+
+def profile_range(c: 'TrainConfig') -> Optional[tuple]:
+  """--profile_steps as (first, last) generator steps, both traced, or
+  None when empty."""
+  if not c.profile_steps:
+    return None
+  message = (f'--profile_steps={c.profile_steps!r} must be "START,STOP": two '
+             'generator steps with 1 <= START <= STOP.')
+  try:
+    first, last = (int(step) for step in c.profile_steps.split(','))
+  except ValueError:
+    raise ValueError(message) from None
+  require(1 <= first <= last, message)
+  return first, last
 
 
 def require(condition: bool, message: str, error=ValueError) -> None:
@@ -218,6 +238,7 @@ def validate(c: TrainConfig) -> None:
   _validate_critic_step(c)
   _validate_ranges(c)
   _validate_warm_start(c)
+  profile_range(c)
 
 
 def _validate_images(c: TrainConfig) -> None:

@@ -60,6 +60,28 @@ def cpu_has_bf16_kernels() -> bool:
   return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
+def _has_bf16_kernels() -> bool:
+  return cpu_has_bf16_kernels() or bool(tf.config.list_physical_devices('GPU'))
+
+
+def resolve_compute_dtype(dtype: str) -> str:
+  """--compute_dtype=auto -> 'bfloat16' where bfloat16 is faster (a GPU, or
+  a CPU with BF16 instructions), else 'float32', logged with the reason;
+  other values are returned as they are. Resolved before the run's flags
+  are recorded, so that a resume on hardware that resolves otherwise is
+  refused, naming --compute_dtype."""
+  if dtype != 'auto':
+    return dtype
+  if _has_bf16_kernels():
+    logging.info('--compute_dtype=auto: bfloat16, as this host has a GPU or '
+                 'a CPU with one of %s.', ', '.join(_BF16_CPU_FLAGS))
+    return 'bfloat16'
+  logging.info('--compute_dtype=auto: float32, as this CPU has none of %s '
+               '(TensorFlow would emulate bfloat16, slower than float32).',
+               ', '.join(_BF16_CPU_FLAGS))
+  return 'float32'
+
+
 @contextlib.contextmanager
 def compute_dtype(dtype: str):
   """Layers built inside compute in `dtype` ('float32' or 'bfloat16'); their
@@ -68,11 +90,11 @@ def compute_dtype(dtype: str):
   run in bfloat16: the per-element layers stay float32 (_PER_ELEMENT).
   float32 is the default: the presets were chosen and measured in it
   (docs/performance.md)."""
-  if dtype not in config_lib.COMPUTE_DTYPES:
+  if dtype not in _POLICIES:
     raise ValueError(f'--compute_dtype={dtype!r}: choose one of '
-                     f'{config_lib.COMPUTE_DTYPES}.')
-  if dtype == 'bfloat16' and not (cpu_has_bf16_kernels() or
-                                  tf.config.list_physical_devices('GPU')):
+                     f'{tuple(_POLICIES)} (resolve_compute_dtype turns '
+                     '"auto" into one of them).')
+  if dtype == 'bfloat16' and not _has_bf16_kernels():
     logging.warning('--compute_dtype=bfloat16: this CPU has none of %s, so '
                     'TensorFlow emulates bfloat16 and the networks will run '
                     'slower than in float32.', ', '.join(_BF16_CPU_FLAGS))

@@ -349,7 +349,7 @@ def make_callbacks(c: config_lib.TrainConfig, chief: bool,
                    model: gan.ConditionalDPGAN,
                    manager: tf.train.CheckpointManager) -> list:
   """epsilon first, then the divergence guard, checkpoints and (the chief's)
-  TensorBoard logs (callbacks.py)."""
+  TensorBoard logs and --profile_steps trace (callbacks.py)."""
   monitor = callbacks_lib.PrivacyMonitor(model.ledger, plan.curve,
                                          c.target_epsilon, c.log_every,
                                          plan.total_generator_steps)
@@ -359,6 +359,10 @@ def make_callbacks(c: config_lib.TrainConfig, chief: bool,
     cbs.append(callbacks_lib.TensorBoardMonitor(
         os.path.join(c.model_dir, 'train'), spec.num_classes, c.latent_dim,
         c.batch_size * c.n_critic, c.sample_every, c.log_every))
+    profile = config_lib.profile_range(c)
+    if profile:
+      cbs.append(callbacks_lib.ProfileSteps(
+          os.path.join(c.model_dir, 'nonprivate', 'profile'), *profile))
   return cbs
 
 
@@ -424,6 +428,8 @@ def export(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
 
 def train(c: config_lib.TrainConfig) -> TrainResult:
   """Runs (or resumes) training as configured; see module doc."""
+  c = dataclasses.replace(
+      c, compute_dtype=networks.resolve_compute_dtype(c.compute_dtype))
   strategy, spec, saved = check_before_start(c)
   with cluster.scratch_dir(strategy, c.model_dir) as scratch, \
       cluster.report_lost_workers(c.model_dir):

@@ -1,5 +1,7 @@
 """Network shapes, ranges, and that no network mixes examples."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -112,3 +114,24 @@ def test_critic_layer_norm_normalises_each_example_without_parameters():
 def test_unknown_critic_norm_is_rejected():
   with pytest.raises(ValueError, match="critic norm 'batch'"):
     networks.build_critic((28, 28, 1), 10, norm='batch')
+
+
+@pytest.mark.parametrize('bf16_cpu,gpus,expected', [
+    (True, [], 'bfloat16'), (False, ['GPU:0'], 'bfloat16'),
+    (False, [], 'float32')])
+def test_auto_compute_dtype_is_bfloat16_only_where_it_has_kernels(
+    monkeypatch, caplog, bf16_cpu, gpus, expected):
+  monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: bf16_cpu)
+  monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind: gpus)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    assert networks.resolve_compute_dtype('auto') == expected
+  assert f'--compute_dtype=auto: {expected}, as this' in caplog.text
+  assert 'avx512_bf16' in caplog.text
+  for explicit in ('float32', 'bfloat16'):
+    assert networks.resolve_compute_dtype(explicit) == explicit
+
+
+def test_unresolved_auto_compute_dtype_is_rejected_when_building():
+  with pytest.raises(ValueError, match='resolve_compute_dtype'):
+    with networks.compute_dtype('auto'):
+      pass

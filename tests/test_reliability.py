@@ -175,6 +175,11 @@ _BAD_VALUES = [
      '--fake_gradient=public does not work with --loss=wgan_gp'),
     (dict(fake_gradient='public', grad_engine='jacobian'),
      '--fake_gradient=public needs --grad_engine=ghost or vectorized'),
+    (dict(profile_steps='3,2'), "--profile_steps='3,2' must be"),
+    (dict(profile_steps='0,2'), "--profile_steps='0,2' must be"),
+    (dict(profile_steps='5'), "--profile_steps='5' must be"),
+    (dict(profile_steps='a,b'), "--profile_steps='a,b' must be"),
+    (dict(compute_dtype='float16'), "--compute_dtype='float16': choose one of"),
 ]
 
 

@@ -1,6 +1,7 @@
 """End-to-end training runs on a few hundred Fashion-MNIST examples."""
 
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FASHION_MNIST_DIR
+from conftest import FASHION_MNIST_DIR, REPO_ROOT
+from dpgan_tf import callbacks as callbacks_lib
 from dpgan_tf import config as config_lib
 from dpgan_tf import export
+from dpgan_tf import networks
 from dpgan_tf import training
 
 
@@ -221,6 +224,24 @@ def test_resume_that_would_compute_otherwise_is_refused_naming_the_flag(
   assert _listing(model_dir) == before
 
 
+def test_auto_compute_dtype_is_recorded_resolved_and_checked_on_resume(
+    tmp_path, tfds_dir, monkeypatch):
+  """--compute_dtype=auto is recorded as what it resolved to, and resumes
+  only where it resolves the same: another host's arithmetic would replay
+  the noise on other gradients."""
+  monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: False)
+  config = tiny_config(tmp_path, tfds_dir, compute_dtype='auto',
+                       max_train_examples=64, export_dir=None)
+  training.train(config)
+  assert config_lib.read_run_config(config.model_dir)['compute_dtype'] == (
+      'float32')
+  before = _listing(config.model_dir)
+  monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: True)
+  with pytest.raises(training.ResumeMismatch, match='--compute_dtype'):
+    training.train(dataclasses.replace(config, epochs=2))
+  assert _listing(config.model_dir) == before
+
+
 def _listing(directory):
   return {name: os.path.getsize(os.path.join(directory, name))
           for name in sorted(os.listdir(directory))}
@@ -235,8 +256,23 @@ def resumable_run(tmp_path_factory, tfds_dir):
 
 
 def test_tensorboard_has_privacy_losses_and_samples(tmp_path, tfds_dir):
-  config = tiny_config(tmp_path, tfds_dir, nonprivate_diagnostics=True)
+  config = tiny_config(tmp_path, tfds_dir, nonprivate_diagnostics=True,
+                       profile_steps='2,3')
   training.train(config)
+  traces = glob.glob(os.path.join(config.model_dir, 'nonprivate', 'profile',
+                                  'plugins', 'profile', '*', '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  summary = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'benchmarks',
+                                    'profile_summary.py'),
+       config.model_dir, '--steps=2'],
+      capture_output=True, text=True, check=True, timeout=120)
+  figures = json.loads(summary.stdout.strip().splitlines()[-1])
+  phases = [v for k, v in figures.items()
+            if k.startswith('share_') and not k.startswith('share_op_')]
+  assert len(phases) == 5 and sum(phases) == pytest.approx(1, abs=0.01)
+  assert figures['share_critic_forward'] > 0
+  assert figures['share_critic_gradient'] > 0
   tags = set()
   log_dir = os.path.join(config.model_dir, 'train')
   for name in os.listdir(log_dir):
@@ -287,6 +323,37 @@ def test_export_loads_in_a_fresh_process_and_logs_stay_private(tmp_path, tfds_di
       assert not any(v.tag.startswith('nonprivate/')
                      for v in event.summary.value)
   assert os.path.getsize(os.path.join(config.model_dir, 'samples.png')) > 0
+  assert not os.path.exists(os.path.join(config.model_dir, 'nonprivate'))
+
+
+@pytest.mark.parametrize('first,last,resumed_at,traced', [
+    (2, 3, 0, [2, 3]), (4, 4, 0, [4]), (2, 4, 3, [4]), (2, 3, 5, [])])
+def test_profile_steps_traces_exactly_those_generator_steps(
+    monkeypatch, first, last, resumed_at, traced):
+  """The profiler runs over steps first..last, also when a resume starts
+  inside the range, and is stopped at the end of training."""
+  events = []
+  monkeypatch.setattr(tf.profiler.experimental, 'start',
+                      lambda log_dir: events.append(('start', log_dir)))
+  monkeypatch.setattr(tf.profiler.experimental, 'stop',
+                      lambda: events.append(('stop',)))
+  model = tf.keras.Model()
+  model.generator_steps = tf.Variable(resumed_at, dtype=tf.int64)
+  callback = callbacks_lib.ProfileSteps('/trace', first, last)
+  callback.set_model(model)
+  for _ in range(resumed_at, 6):
+    callback.on_train_batch_begin(0)
+    events.append(('step', int(model.generator_steps.numpy()) + 1))
+    model.generator_steps.assign_add(1)
+    callback.on_train_batch_end(0)
+  callback.on_train_end()
+  if not traced:
+    assert not any(event[0] != 'step' for event in events)
+    return
+  start = events.index(('start', '/trace'))
+  stop = events.index(('stop',))
+  assert [e[1] for e in events[start:stop] if e[0] == 'step'] == traced
+  assert events.count(('stop',)) == 1
 
 
 def test_changing_sample_candidates_reexports_without_training(tmp_path,
