@@ -118,7 +118,7 @@ def main():
                       help='Filters of the first convolution (train.py '
                       '--critic_width; the presets use 32 to 128).')
   parser.add_argument('--compute_dtypes', nargs='+', default=['float32'],
-                      choices=config_lib.COMPUTE_DTYPES)
+                      choices=('float32', 'bfloat16'))
   parser.add_argument('--no_memory', action='store_true',
                       help='Skip the peak-memory subprocesses.')
   parser.add_argument(peak_memory.FLAG, nargs=3, default=None,

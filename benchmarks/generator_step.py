@@ -179,7 +179,10 @@ def main():
   for preset in args.presets:
     steps = {v: build_step(preset, v) for v in args.variants}
     if args.profile_dir and preset == args.presets[0]:
-      profile(*steps[args.profile_variant], args.profile_dir)
+      results.update({
+          f'profile_{args.profile_variant}_{preset}_{key}': value
+          for key, value in profile(*steps[args.profile_variant],
+                                    args.profile_dir).items()})
     timed = {variant: functools.partial(step, batches)
              for variant, (step, batches) in steps.items()}
     for variant, ms in interleaved.median_ms(timed, args.repeats).items():

@@ -59,7 +59,9 @@ def phase(op_name: str) -> str:
 
 
 def op_times(trace: str):
-  """(ms by op type, ms by phase, ms waiting for input) over the trace."""
+  """(ms by op type, ms by phase, ms waiting for input, names of the
+  device planes) over the trace. Host op kernels only: on a GPU, their
+  device kernels' time is in the device planes, not counted."""
   space = xplane_pb2.XSpace()
   with open(trace, 'rb') as f:
     space.ParseFromString(f.read())
@@ -78,13 +80,14 @@ def op_times(trace: str):
         op_name, op_type = name.rsplit(':', 1)
         by_type[op_type] += ms
         by_phase[phase(op_name)] += ms
-  return by_type, by_phase, input_wait
+  devices = [p.name for p in space.planes if p.name.startswith('/device:')]
+  return by_type, by_phase, input_wait, devices
 
 
 def summarize(trace: str, steps: int, top: int = 12) -> dict:
   """Prints the tables of a trace of `steps` generator steps; returns its
   figures (ms per step, shares)."""
-  by_type, by_phase, input_wait = op_times(trace)
+  by_type, by_phase, input_wait, devices = op_times(trace)
   total = sum(by_type.values())
   print(f'{trace}: {total / steps:.0f} ms of op time per generator step')
   for title, counter, names in (('phase', by_phase, PHASES),
@@ -93,6 +96,9 @@ def summarize(trace: str, steps: int, top: int = 12) -> dict:
     for key, ms in counter.most_common(top):
       print(f'| {names.get(key, key)} | {ms / steps:.1f} | {ms / total:.1%} |')
   print(f'\ninput pipeline wait: {input_wait / steps:.1f} ms per step')
+  if devices:
+    print(f'Host ops only: the time of {", ".join(devices)} is not counted '
+          '(TensorBoard\'s Profile tab shows it).')
   return {
       'op_ms_per_step': round(total / steps, 1),
       'input_wait_ms_per_step': round(input_wait / steps, 2),

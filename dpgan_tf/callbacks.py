@@ -170,15 +170,18 @@ class TensorBoardMonitor(tf.keras.callbacks.Callback):
 
 
 class ProfileSteps(tf.keras.callbacks.Callback):
-  """Traces generator steps first..last (both included) with TensorFlow's
-  profiler into `log_dir`, TensorBoard's Profile tab. Op timings follow
-  each step's realised Poisson batch size, which is private, so `log_dir`
-  is under nonprivate/ and the trace is off unless asked for."""
+  """Traces generator steps first..last (both included, and no further than
+  the run's last step) with TensorFlow's profiler into `log_dir`,
+  TensorBoard's Profile tab; one trace, also across the Keras epochs that
+  training.fit runs one `fit` each. Op timings follow each step's realised
+  Poisson batch size, which is private, so `log_dir` is under nonprivate/
+  and the trace is off unless asked for. Last among the callbacks, so that
+  every traced step includes the others' work (checkpoints, summaries)."""
 
-  def __init__(self, log_dir, first, last):
+  def __init__(self, log_dir, first, last, last_step_of_run):
     super().__init__()
     self.log_dir = log_dir
-    self.first, self.last = first, last
+    self.first, self.last = first, min(last, last_step_of_run)
     self._tracing = False
 
   def on_train_batch_begin(self, batch, logs=None):
@@ -189,14 +192,7 @@ class ProfileSteps(tf.keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     if self._tracing and int(self.model.generator_steps.numpy()) >= self.last:
-      self._stop()
-
-  def on_train_end(self, logs=None):
-    if self._tracing:
-      self._stop()
-
-  def _stop(self):
-    tf.profiler.experimental.stop()
-    self._tracing = False
-    logging.info('Profile of generator steps %d-%d written to %s', self.first,
-                 self.last, self.log_dir)
+      tf.profiler.experimental.stop()
+      self._tracing = False
+      logging.info('Profile of generator steps %d-%d written to %s',
+                   self.first, self.last, self.log_dir)

@@ -220,7 +220,8 @@ def check_same_flags(strategy: tf.distribute.Strategy,
              f'of the cluster (this one has {getattr(c, name)!r}): start '
              'every worker with the same flags (only '
              f'{", ".join("--" + f for f in sorted(PER_HOST_FLAGS))} may '
-             'differ).')
+             'differ; --compute_dtype=auto resolves per host, so give '
+             'hosts of different kinds float32 or bfloat16).')
 
 
 def check_same_progress(strategy: tf.distribute.Strategy, model_dir: str,

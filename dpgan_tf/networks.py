@@ -60,23 +60,39 @@ def cpu_has_bf16_kernels() -> bool:
   return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
+def _gpus_have_bf16() -> bool:
+  """A GPU with bfloat16 tensor cores (compute capability 8.0 or more)."""
+  gpus = tf.config.list_physical_devices('GPU')
+  return bool(gpus) and all(
+      tf.config.experimental.get_device_details(gpu).get(
+          'compute_capability', (0, 0)) >= (8, 0) for gpu in gpus)
+
+
 def _has_bf16_kernels() -> bool:
-  return cpu_has_bf16_kernels() or bool(tf.config.list_physical_devices('GPU'))
+  return cpu_has_bf16_kernels() or _gpus_have_bf16()
 
 
-def resolve_compute_dtype(dtype: str) -> str:
-  """--compute_dtype=auto -> 'bfloat16' where bfloat16 is faster (a GPU, or
-  a CPU with BF16 instructions), else 'float32', logged with the reason;
-  other values are returned as they are. Resolved before the run's flags
-  are recorded, so that a resume on hardware that resolves otherwise is
-  refused, naming --compute_dtype."""
+def resolve_compute_dtype(dtype: str, grad_engine: str) -> str:
+  """--compute_dtype=auto -> 'bfloat16' where bfloat16 is faster (a GPU of
+  compute capability 8.0 or more, or a CPU with BF16 instructions) and the
+  engine supports it, else 'float32', logged with the reason; other values
+  are returned as they are. Resolved before the run's flags are recorded,
+  so that a resume on hardware that resolves otherwise is refused, naming
+  --compute_dtype."""
   if dtype != 'auto':
     return dtype
+  if grad_engine == 'jacobian':
+    logging.info('--compute_dtype=auto: float32, as --grad_engine=jacobian '
+                 'clips at C, not at the bound that covers bfloat16 '
+                 'rounding.')
+    return 'float32'
   if _has_bf16_kernels():
-    logging.info('--compute_dtype=auto: bfloat16, as this host has a GPU or '
-                 'a CPU with one of %s.', ', '.join(_BF16_CPU_FLAGS))
+    logging.info('--compute_dtype=auto: bfloat16, as this host has a GPU '
+                 'with bfloat16 tensor cores or a CPU with one of %s.',
+                 ', '.join(_BF16_CPU_FLAGS))
     return 'bfloat16'
-  logging.info('--compute_dtype=auto: float32, as this CPU has none of %s '
+  logging.info('--compute_dtype=auto: float32, as this host has neither a '
+               'GPU with bfloat16 tensor cores nor a CPU with one of %s '
                '(TensorFlow would emulate bfloat16, slower than float32).',
                ', '.join(_BF16_CPU_FLAGS))
   return 'float32'

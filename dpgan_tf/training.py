@@ -362,7 +362,8 @@ def make_callbacks(c: config_lib.TrainConfig, chief: bool,
     profile = config_lib.profile_range(c)
     if profile:
       cbs.append(callbacks_lib.ProfileSteps(
-          os.path.join(c.model_dir, 'nonprivate', 'profile'), *profile))
+          os.path.join(c.model_dir, 'nonprivate', 'profile'), *profile,
+          plan.total_generator_steps))
   return cbs
 
 
@@ -429,7 +430,8 @@ def export(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
 def train(c: config_lib.TrainConfig) -> TrainResult:
   """Runs (or resumes) training as configured; see module doc."""
   c = dataclasses.replace(
-      c, compute_dtype=networks.resolve_compute_dtype(c.compute_dtype))
+      c, compute_dtype=networks.resolve_compute_dtype(c.compute_dtype,
+                                                      c.grad_engine))
   strategy, spec, saved = check_before_start(c)
   with cluster.scratch_dir(strategy, c.model_dir) as scratch, \
       cluster.report_lost_workers(c.model_dir):

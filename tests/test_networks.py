@@ -116,19 +116,24 @@ def test_unknown_critic_norm_is_rejected():
     networks.build_critic((28, 28, 1), 10, norm='batch')
 
 
-@pytest.mark.parametrize('bf16_cpu,gpus,expected', [
-    (True, [], 'bfloat16'), (False, ['GPU:0'], 'bfloat16'),
-    (False, [], 'float32')])
+@pytest.mark.parametrize('bf16_cpu,gpu_capabilities,expected', [
+    (True, [], 'bfloat16'), (False, [(8, 0)], 'bfloat16'),
+    (False, [(7, 5)], 'float32'), (False, [], 'float32')])
 def test_auto_compute_dtype_is_bfloat16_only_where_it_has_kernels(
-    monkeypatch, caplog, bf16_cpu, gpus, expected):
+    monkeypatch, caplog, bf16_cpu, gpu_capabilities, expected):
   monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: bf16_cpu)
-  monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind: gpus)
+  monkeypatch.setattr(tf.config, 'list_physical_devices',
+                      lambda kind: list(range(len(gpu_capabilities))))
+  monkeypatch.setattr(tf.config.experimental, 'get_device_details',
+                      lambda gpu: {'compute_capability': gpu_capabilities[gpu]})
   with caplog.at_level(logging.INFO, logger='absl'):
-    assert networks.resolve_compute_dtype('auto') == expected
-  assert f'--compute_dtype=auto: {expected}, as this' in caplog.text
+    assert networks.resolve_compute_dtype('auto', 'ghost') == expected
+  assert f'--compute_dtype=auto: {expected}, as this host has' in caplog.text
   assert 'avx512_bf16' in caplog.text
+  # The jacobian engine clips at C: float32 whatever the hardware.
+  assert networks.resolve_compute_dtype('auto', 'jacobian') == 'float32'
   for explicit in ('float32', 'bfloat16'):
-    assert networks.resolve_compute_dtype(explicit) == explicit
+    assert networks.resolve_compute_dtype(explicit, 'ghost') == explicit
 
 
 def test_unresolved_auto_compute_dtype_is_rejected_when_building():

@@ -229,14 +229,14 @@ def test_auto_compute_dtype_is_recorded_resolved_and_checked_on_resume(
   """--compute_dtype=auto is recorded as what it resolved to, and resumes
   only where it resolves the same: another host's arithmetic would replay
   the noise on other gradients."""
-  monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: False)
+  monkeypatch.setattr(networks, '_has_bf16_kernels', lambda: False)
   config = tiny_config(tmp_path, tfds_dir, compute_dtype='auto',
                        max_train_examples=64, export_dir=None)
   training.train(config)
   assert config_lib.read_run_config(config.model_dir)['compute_dtype'] == (
       'float32')
   before = _listing(config.model_dir)
-  monkeypatch.setattr(networks, 'cpu_has_bf16_kernels', lambda: True)
+  monkeypatch.setattr(networks, '_has_bf16_kernels', lambda: True)
   with pytest.raises(training.ResumeMismatch, match='--compute_dtype'):
     training.train(dataclasses.replace(config, epochs=2))
   assert _listing(config.model_dir) == before
@@ -268,9 +268,7 @@ def test_tensorboard_has_privacy_losses_and_samples(tmp_path, tfds_dir):
        config.model_dir, '--steps=2'],
       capture_output=True, text=True, check=True, timeout=120)
   figures = json.loads(summary.stdout.strip().splitlines()[-1])
-  phases = [v for k, v in figures.items()
-            if k.startswith('share_') and not k.startswith('share_op_')]
-  assert len(phases) == 5 and sum(phases) == pytest.approx(1, abs=0.01)
+  assert figures['op_ms_per_step'] > 0
   assert figures['share_critic_forward'] > 0
   assert figures['share_critic_gradient'] > 0
   tags = set()
@@ -327,11 +325,13 @@ def test_export_loads_in_a_fresh_process_and_logs_stay_private(tmp_path, tfds_di
 
 
 @pytest.mark.parametrize('first,last,resumed_at,traced', [
-    (2, 3, 0, [2, 3]), (4, 4, 0, [4]), (2, 4, 3, [4]), (2, 3, 5, [])])
+    (2, 3, 0, [2, 3]), (4, 4, 0, [4]), (2, 4, 3, [4]), (2, 3, 5, []),
+    (3, 5, 0, [3, 4, 5]), (5, 9, 0, [5, 6])])
 def test_profile_steps_traces_exactly_those_generator_steps(
     monkeypatch, first, last, resumed_at, traced):
-  """The profiler runs over steps first..last, also when a resume starts
-  inside the range, and is stopped at the end of training."""
+  """One trace over steps first..last, also when a resume starts inside the
+  range, across the Keras epochs of training.fit (2 steps each here), and
+  ending with the run's last step (6)."""
   events = []
   monkeypatch.setattr(tf.profiler.experimental, 'start',
                       lambda log_dir: events.append(('start', log_dir)))
@@ -339,21 +339,22 @@ def test_profile_steps_traces_exactly_those_generator_steps(
                       lambda: events.append(('stop',)))
   model = tf.keras.Model()
   model.generator_steps = tf.Variable(resumed_at, dtype=tf.int64)
-  callback = callbacks_lib.ProfileSteps('/trace', first, last)
+  callback = callbacks_lib.ProfileSteps('/trace', first, last, 6)
   callback.set_model(model)
   for _ in range(resumed_at, 6):
     callback.on_train_batch_begin(0)
     events.append(('step', int(model.generator_steps.numpy()) + 1))
     model.generator_steps.assign_add(1)
     callback.on_train_batch_end(0)
-  callback.on_train_end()
+    if model.generator_steps.numpy() % 2 == 0:
+      callback.on_train_end()
   if not traced:
     assert not any(event[0] != 'step' for event in events)
     return
   start = events.index(('start', '/trace'))
   stop = events.index(('stop',))
   assert [e[1] for e in events[start:stop] if e[0] == 'step'] == traced
-  assert events.count(('stop',)) == 1
+  assert events.count(('start', '/trace')) == events.count(('stop',)) == 1
 
 
 def test_changing_sample_candidates_reexports_without_training(tmp_path,
