@@ -41,7 +41,9 @@ def _commands(workers, flags, model_dir):
           for tf_config in cluster.local_tf_configs(workers)]
 
 
-def _examples_per_sec(model_dir):
+def examples_per_sec(model_dir):
+  """The median of a run's `speed/examples_per_sec` scalars after the
+  first interval, which holds the tracing."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   speeds = []
@@ -64,7 +66,7 @@ def measure(workers, flags, scratch):
   for process in processes:
     if process.wait() != 0:
       sys.exit(f'{workers} workers: train.py failed, see {model_dir}.*.log')
-  return _examples_per_sec(model_dir)
+  return examples_per_sec(model_dir)
 
 
 def main():

@@ -35,7 +35,7 @@ def test_committed_index_is_up_to_date():
 
 def test_a_changed_report_makes_the_index_out_of_date(tmp_path):
   results = _copy_of_results(tmp_path)
-  report_path = results / 'presets' / 'mnist_eps10' / 'test.json'
+  report_path = results / 'presets' / 'mnist_eps10' / 'test_runs4.json'
   report = json.loads(report_path.read_text())
   report['metrics']['domain_fid'] += 1.0
   report_path.write_text(json.dumps(report))
