@@ -29,6 +29,7 @@ import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import generator_step  # pylint: disable=g-import-not-at-top
 import multi_worker_scaling  # pylint: disable=g-import-not-at-top
 
 PRESETS = ('mnist_eps1', 'mnist_eps10', 'fashion_mnist_eps1',
@@ -37,21 +38,13 @@ DTYPES = ('float32', 'bfloat16')
 LOG_EVERY = 16
 
 
-def preset_flags(preset: str) -> dict:
-  """The --name=value lines of configs/<preset>.flags."""
-  with open(os.path.join(REPO_ROOT, 'configs', f'{preset}.flags')) as f:
-    return dict(line.strip()[2:].split('=', 1) for line in f
-                if line.startswith('--'))
-
-
 def run_speed(preset: str, dtype: str, steps: int, manual_dir: str,
               data_dir: str, model_dir: str) -> float:
   """Seconds per generator step of `steps` steps of the preset."""
-  flags = preset_flags(preset)
-  examples = int(flags['max_train_examples'])
-  per_step = int(flags['batch_size']) * int(flags.get('n_critic', 1))
-  generator_steps_per_epoch = (examples // int(flags['batch_size'])
-                               // int(flags.get('n_critic', 1)))
+  c = generator_step.preset_config(preset, dtype)
+  per_step = c.batch_size * c.n_critic
+  generator_steps_per_epoch = (c.max_train_examples // c.batch_size
+                               // c.n_critic)
   argv = [sys.executable, os.path.join(REPO_ROOT, 'train.py'),
           f'--flagfile={REPO_ROOT}/configs/{preset}.flags', '--seed=1',
           f'--compute_dtype={dtype}',
@@ -82,8 +75,9 @@ def main():
   results = {}
   with tempfile.TemporaryDirectory() as scratch:
     for preset in args.presets:
-      manual_dir = (args.mnist_dir if preset.startswith('mnist')
-                    else args.fashion_mnist_dir)
+      manual_dir = {'mnist': args.mnist_dir,
+                    'fashion_mnist': args.fashion_mnist_dir}[
+                        generator_step.preset_config(preset, 'float32').dataset]
       seconds = {dtype: [] for dtype in DTYPES}
       for r in range(args.rounds):
         for dtype in DTYPES:
