@@ -152,7 +152,9 @@ flags.DEFINE_float('warm_start_epsilon_share',
                    _DEFAULTS.warm_start_epsilon_share, 'The share of '
                    '--target_epsilon that the warm start\'s release alone '
                    'may spend; the critic\'s sigma is then '
-                   'calibrated so that the composition meets the target.')
+                   'calibrated so that the composition meets the target. 1: '
+                   'the release takes the whole budget, there is no DP-SGD '
+                   'phase, and the pre-trained generator is exported.')
 flags.DEFINE_integer('warm_start_steps', _DEFAULTS.warm_start_steps,
                      'Generator pre-training updates on the release (no '
                      'privacy cost, only compute).')

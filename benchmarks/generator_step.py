@@ -24,7 +24,7 @@ which the input pipeline runs ahead of the step with prefetch(2)), to show
 it cannot stall a step that takes far longer.
 
   python benchmarks/generator_step.py                  # every preset
-  python benchmarks/generator_step.py --presets mnist_eps1 --repeats 5
+  python benchmarks/generator_step.py --presets dpgan/mnist_eps1 --repeats 5
   python benchmarks/generator_step.py --profile_dir /tmp/p   # + a profile
 
 --profile_dir writes a TensorBoard profile (Profile tab) of two steps of
@@ -63,7 +63,8 @@ from dpgan_tf import losses
 from dpgan_tf import privacy
 from dpgan_tf import training
 
-PRESETS = ('mnist_eps1', 'mnist_eps10', 'fashion_mnist_eps1',
+# The DP-GAN configurations (the ε = 1 presets have no DP-SGD phase).
+PRESETS = ('dpgan/mnist_eps1', 'mnist_eps10', 'dpgan/fashion_mnist_eps1',
            'fashion_mnist_eps10')
 # Variant -> (--compute_dtype, jit_compile).
 VARIANTS = {'today': ('float32', False), 'fp32': ('float32', False),

@@ -32,7 +32,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import generator_step  # pylint: disable=g-import-not-at-top
 import multi_worker_scaling  # pylint: disable=g-import-not-at-top
 
-PRESETS = ('mnist_eps1', 'mnist_eps10', 'fashion_mnist_eps1',
+# The DP-GAN configurations (the ε = 1 presets have no DP-SGD phase).
+PRESETS = ('dpgan/mnist_eps1', 'mnist_eps10', 'dpgan/fashion_mnist_eps1',
            'fashion_mnist_eps10')
 DTYPES = ('float32', 'bfloat16')
 LOG_EVERY = 16
@@ -83,7 +84,7 @@ def main():
         for dtype in DTYPES:
           seconds[dtype].append(run_speed(
               preset, dtype, args.steps, manual_dir, args.data_dir,
-              os.path.join(scratch, f'{preset}_{dtype}_{r}')))
+              os.path.join(scratch, f"{preset.replace('/', '-')}_{dtype}_{r}")))
       for dtype in DTYPES:
         results[f'sec_per_step_{dtype}_{preset}'] = round(
             statistics.median(seconds[dtype]), 3)

@@ -1,6 +1,6 @@
 """Where a generator step's time goes, from a `train.py --profile_steps` trace.
 
-    python train.py --flagfile=configs/mnist_eps1.flags ... \
+    python train.py --flagfile=configs/dpgan/mnist_eps1.flags ... \
       --epochs=0.07 --profile_steps=4,6 --model_dir=RUN
     python benchmarks/profile_summary.py RUN --steps 3
 

@@ -1,7 +1,8 @@
 """Exports the generator as a run's warm start left it, for eval.py.
 
 A run with --warm_start keeps the checkpoint warm_start-<--warm_start_steps>
-(if --keep_checkpoints has not rotated it out): the pre-trained generator
+(and every --checkpoint_every steps before it, if --keep_checkpoints has not
+rotated them out): the pre-trained generator
 before any critic step, with a ledger whose epsilon is the release's alone.
 Its eval.py report against the run's final export's measures what the
 DP-GAN phase adds to the warm start (docs/warm_start.md). Samples are plain
@@ -35,6 +36,8 @@ from dpgan_tf import warm_start
 
 flags.DEFINE_string('model_dir', None, 'The run (with --warm_start).')
 flags.DEFINE_string('export_dir', None, 'Where to export the generator.')
+flags.DEFINE_integer('step', None, 'The pre-training step to export (a kept '
+                     'warm_start-<step> checkpoint); default: the last.')
 FLAGS = flags.FLAGS
 
 
@@ -47,8 +50,8 @@ def main(argv):
                                        c.latent_dim, c.generator_width,
                                        c.generator_upsampling)
   ledger = privacy.PrivacyLedger(warm_start_noise_multiplier=0.0)
-  path = os.path.join(FLAGS.model_dir,
-                      f'{warm_start.CHECKPOINT_NAME}-{c.warm_start_steps}')
+  step = c.warm_start_steps if FLAGS.step is None else FLAGS.step
+  path = os.path.join(FLAGS.model_dir, f'{warm_start.CHECKPOINT_NAME}-{step}')
   tf.train.Checkpoint(generator=generator, ledger=ledger).restore(
       path).expect_partial().assert_existing_objects_matched()
   d = ledger.as_dict()

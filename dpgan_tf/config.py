@@ -198,6 +198,13 @@ class TrainConfig:
   cluster_timeout: int = 600
 
   @property
+  def has_dp_sgd_phase(self) -> bool:
+    """False when a warm start's release takes the whole budget
+    (--warm_start_epsilon_share=1): the critic is never trained and the
+    pre-trained generator is the result."""
+    return self.warm_start == 'none' or self.warm_start_epsilon_share < 1
+
+  @property
   def microbatch_size(self) -> int:
     if self.num_microbatches is None:
       return 1
@@ -326,14 +333,22 @@ def _validate_ranges(c: TrainConfig) -> None:
 
 
 def _validate_warm_start(c: TrainConfig) -> None:
-  require(0 < c.warm_start_epsilon_share < 1,
+  require(0 < c.warm_start_epsilon_share <= 1,
           f'--warm_start_epsilon_share={c.warm_start_epsilon_share} must be '
-          'in (0, 1).')
+          'in (0, 1].')
   if c.warm_start == 'none':
     return
   require(c.target_epsilon is not None,
           f'--warm_start={c.warm_start} needs --target_epsilon: its release '
           'is calibrated to --warm_start_epsilon_share of it.')
+  if not c.has_dp_sgd_phase:
+    require(c.noise_multiplier is None,
+            f'--noise_multiplier={c.noise_multiplier}: with '
+            '--warm_start_epsilon_share=1 there is no DP-SGD phase to use it.')
+    require(c.sample_candidates == 1,
+            f'--sample_candidates={c.sample_candidates} needs a trained '
+            'critic to choose among candidates; with '
+            '--warm_start_epsilon_share=1 the critic is never trained.')
   require(c.strategy == 'default',
           f'--warm_start={c.warm_start} needs --strategy=default (its '
           'pre-training runs on one device).')

@@ -476,6 +476,16 @@ def _inception_fidelity(c: EvalConfig, fake_fid, held_fid) -> dict:
                      inception_features(inception_model, held_fid))}
 
 
+def membership_skipped(model_dir: Optional[str],
+                       metadata: dict) -> Optional[str]:
+  """Why the membership attack on the run's critic cannot run, or None."""
+  if not model_dir:
+    return 'no --model_dir (the training run) given'
+  if not metadata.get('critic_steps'):
+    return 'no DP-SGD phase: the critic was never trained'
+  return None
+
+
 def _fidelity_and_membership(c: EvalConfig, checked: _Checked,
                              real: _RealData, fake_images: np.ndarray, rng,
                              timer: _Timer):
@@ -491,9 +501,9 @@ def _fidelity_and_membership(c: EvalConfig, checked: _Checked,
                               train_fid)
   with timer('inception features'):
     inception = _inception_fidelity(c, fake_fid, held_fid)
-  if not c.model_dir:
-    return domain, inception, {
-        'skipped': 'no --model_dir (the training run) given'}
+  skipped = membership_skipped(c.model_dir, checked.metadata)
+  if skipped:
+    return domain, inception, {'skipped': skipped}
   with timer('membership inference'):
     attack = membership.attack_critic(c.model_dir, checked.spec, real.train,
                                       real.held, c.seed, checked.run_config)
@@ -512,7 +522,8 @@ def _privacy(metadata: dict) -> dict:
   membership advantage it bounds (to set beside the measured one)."""
   privacy = {key: metadata.get(key) for key in (
       'epsilon', 'delta', 'guarantee', 'noise_multiplier', 'sampling_rate',
-      'sampling', 'critic_steps', 'accountant', 'dataset_size')}
+      'sampling', 'critic_steps', 'accountant', 'dataset_size',
+      'warm_start')}
   if metadata.get('epsilon') is not None:
     privacy['advantage_bound'] = membership.advantage_bound(
         metadata['epsilon'], metadata['delta'])

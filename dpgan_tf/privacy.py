@@ -21,6 +21,7 @@ example per microbatch (the default) it is sigma.
 """
 
 import functools
+import math
 from typing import Optional
 
 import dp_accounting
@@ -118,26 +119,33 @@ class EpsilonCurve:
   order (exactly what RdpAccountant computes for t self-composed steps), plus
   the warm start's release if the run made one. Computing one step's RDP
   once makes epsilon at every step cheap enough to report after each update.
+
+  A noise multiplier of 0 stands for a run with no DP-SGD phase (its warm
+  start took the whole budget): it takes no critic steps, and any step would
+  have no guarantee (epsilon infinite).
   """
 
   def __init__(self, noise_multiplier, sampling_probability, delta,
                microbatch_size=1, warm_start_noise_multiplier=0.0):
-    self._orders, self._rdp_one_step = _rdp_of_one_step(
-        float(noise_multiplier), float(sampling_probability),
-        int(microbatch_size))
-    self._rdp_warm_start = (
-        _rdp_of_gaussian(float(warm_start_noise_multiplier))[1]
-        if warm_start_noise_multiplier else None)
+    self._rdp_one_step = None
+    if noise_multiplier:
+      self._orders, self._rdp_one_step = _rdp_of_one_step(
+          float(noise_multiplier), float(sampling_probability),
+          int(microbatch_size))
+    self._rdp_warm_start = None
+    if warm_start_noise_multiplier:
+      self._orders, self._rdp_warm_start = _rdp_of_gaussian(
+          float(warm_start_noise_multiplier))
     self._delta = delta
 
   def __call__(self, steps: int) -> float:
-    if self._rdp_warm_start is None:
-      if steps == 0:
-        return 0.0
-      rdp = steps * self._rdp_one_step
-    else:
-      rdp = steps * self._rdp_one_step + self._rdp_warm_start
-    eps, _ = rdp_privacy_accountant.compute_epsilon(self._orders, rdp,
+    if steps and self._rdp_one_step is None:
+      return math.inf
+    terms = ([steps * self._rdp_one_step] if steps else []) + (
+        [] if self._rdp_warm_start is None else [self._rdp_warm_start])
+    if not terms:
+      return 0.0
+    eps, _ = rdp_privacy_accountant.compute_epsilon(self._orders, sum(terms),
                                                     self._delta)
     return float(eps)
 
@@ -284,11 +292,15 @@ def guarantee_statement(ledger: PrivacyLedger) -> str:
   warm_sigma = ledger.released_warm_start_noise_multiplier()
   warm = (f'a warm-start Gaussian release, sigma={warm_sigma:.4g}, '
           'composed with ' if warm_sigma else '')
+  critic = (f'sigma={d["noise_multiplier"]:.4g}, q={d["sampling_rate"]:.4g}, '
+            f'{d["critic_steps"]} critic steps, {d["sampling"]} sampling')
+  if not d['noise_multiplier']:
+    warm = (f'one warm-start Gaussian release, sigma={warm_sigma:.4g}, L2 '
+            'sensitivity 1, ' if warm_sigma else 'nothing released yet, ')
+    critic = 'no DP-SGD phase'
   text = (f'({eps:.4g}, {d["delta"]:.3g})-DP for each training example '
-          f'[RDP accountant, {warm}sigma={d["noise_multiplier"]:.4g}, '
-          f'q={d["sampling_rate"]:.4g}, {d["critic_steps"]} critic steps, '
-          f'{d["sampling"]} sampling')
-  if d['sampling'] == 'shuffle':
+          f'[RDP accountant, {warm}{critic}')
+  if d['sampling'] == 'shuffle' and d['noise_multiplier']:
     text += ('; Poisson accounting applied to shuffled fixed-size batches is '
              'the common approximation, not a proven bound')
   return text + ']'

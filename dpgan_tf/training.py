@@ -160,7 +160,8 @@ def export_metadata(c: config_lib.TrainConfig, ledger: privacy.PrivacyLedger,
       'sample_candidates': c.sample_candidates,
       'epsilon': ledger.epsilon(),
       'delta': d['delta'],
-      'noise_multiplier': d['noise_multiplier'],
+      # None: no DP-SGD phase (--warm_start_epsilon_share=1).
+      'noise_multiplier': d['noise_multiplier'] or None,
       'sampling_rate': d['sampling_rate'],
       'sampling': d['sampling'],
       'critic_steps': d['critic_steps'],
@@ -274,12 +275,16 @@ def plan_privacy(c: config_lib.TrainConfig,
   """sigma (the resumed run's, the flag's, or calibrated to the target) and
   the last step within the budget."""
   generator_steps_per_epoch = max(1, sampler.steps_per_epoch // c.n_critic)
-  planned_generator_steps = max(1, int(c.epochs * generator_steps_per_epoch))
+  planned_generator_steps = (max(1, int(c.epochs * generator_steps_per_epoch))
+                             if c.has_dp_sgd_phase else 0)
   planned_critic_steps = planned_generator_steps * c.n_critic
   q = sampler.sampling_probability
   warm_sigma = planned_warm_start_noise_multiplier(c, saved)
   if saved is not None:
     check_resume(c, saved.as_dict(), n)
+  if not c.has_dp_sgd_phase:
+    sigma = 0.0  # No critic step: EpsilonCurve's "no DP-SGD phase".
+  elif saved is not None:
     sigma = saved.as_dict()['noise_multiplier']
   elif c.noise_multiplier is not None:
     sigma = c.noise_multiplier
@@ -371,6 +376,10 @@ def fit(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
         sampler: batching.CriticBatchSampler, plan: PrivacyPlan, done: int,
         cbs: list) -> None:
   """Generator steps done..total, one Keras epoch per pass over the data."""
+  if not plan.planned_generator_steps:
+    logging.info('No DP-SGD phase: the warm start\'s release took the whole '
+                 'budget (--warm_start_epsilon_share=1).')
+    return
   logging.info('Privacy plan: sigma=%.4g q=%.4g delta=%g, %d critic steps '
                '(%d planned), %s sampling, target epsilon=%s', plan.sigma,
                plan.sampling_rate, c.delta,
@@ -392,6 +401,9 @@ def fit(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
 
 def final_message(c: config_lib.TrainConfig, plan: PrivacyPlan, done: int,
                   trained: int) -> str:
+  if not c.has_dp_sgd_phase:
+    return ('Training finished: the warm start took the whole budget, so '
+            'there was no DP-SGD phase.')
   if trained == 0:
     message = (f'Nothing to train: the run in {c.model_dir} already took '
                f'{done} of {plan.total_generator_steps} generator steps '

@@ -20,7 +20,7 @@ RUN="${RUN_DIR:-$OUT/run}"
 mkdir -p "$OUT"
 .venv/bin/python benchmarks/critic_step.py | tee "$OUT/critic_step.txt"
 start=$(date +%s)
-.venv/bin/python train.py --flagfile=configs/mnist_eps1.flags --seed=1 \
+.venv/bin/python train.py --flagfile=configs/dpgan/mnist_eps1.flags --seed=1 \
   --strategy=mirrored --manual_dir=data/mnist --data_dir="$RUN/tfds" \
   --model_dir="$RUN/model" --export_dir="$RUN/export" 2>&1 |
   tee "$OUT/train_log.txt"

@@ -1,14 +1,16 @@
 """Plots downstream accuracy against epsilon from eval.py reports.
 
 Each report is one point: x is the epsilon its run spent (`privacy.epsilon`,
-from the ledger in the export), y its `metrics.accuracy_synthetic`. The
-real-data ceiling (`metrics.accuracy_real`, the same classifier trained on
-real examples) is drawn dashed. Published numbers can be drawn next to them
-with --anchor. All reports must be of one dataset and one eval split, or the
-points would not be comparable.
+from the ledger in the export), y its `metrics.accuracy_synthetic`; each
+--series is a line of points (one configuration of this repo across
+epsilon). The real-data ceiling (`metrics.accuracy_real`, the same
+classifier trained on real examples) is drawn dashed. Published numbers can
+be drawn next to them with --anchor. All reports must be of one dataset and
+one eval split, or the points would not be comparable.
 
   python scripts/plot_accuracy_vs_epsilon.py --output=curve.png \
-    --reports=a.json,b.json --anchor='DP-GAN (DPImageBench)=1:71.8,10:70.3'
+    --series='warm start=a.json,b.json' --series='DP-GAN=c.json' \
+    --anchor='DP-GAN (DPImageBench)=1:71.8,10:70.3'
 
 results/curves/command.txt is the command that drew the committed curve.
 """
@@ -23,7 +25,8 @@ import matplotlib
 matplotlib.use('Agg')  # no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_list('reports', None, 'eval.py JSON reports, one per run.')
+flags.DEFINE_multi_string('series', [], "'label=a.json,b.json': eval.py "
+                          'reports, one per run, drawn as one line.')
 flags.DEFINE_string('output', None, 'PNG to write.')
 flags.DEFINE_multi_string('anchor', [], "Published points: 'label=eps:acc%,"
                           "eps:acc%' (accuracy in percent).")
@@ -31,9 +34,10 @@ flags.DEFINE_string('title', None, 'Plot title (default: dataset and split).')
 FLAGS = flags.FLAGS
 
 
-def read_points(paths):
-  """(dataset, split, [(epsilon, accuracy, real accuracy)] sorted by eps)."""
-  points, kinds = [], set()
+def read_points(paths, kinds):
+  """[(epsilon, accuracy, real accuracy)] sorted by eps; adds each
+  report's (dataset, split) to kinds."""
+  points = []
   for path in paths:
     try:
       with open(path) as f:
@@ -43,12 +47,23 @@ def read_points(paths):
                      report['metrics']['accuracy_synthetic'],
                      report['metrics']['accuracy_real']))
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f'--reports: {path} is not a readable eval.py report '
+      raise ValueError(f'--series: {path} is not a readable eval.py report '
                        f'({type(e).__name__}: {e}).') from e
+  return sorted(points)
+
+
+def read_series(texts):
+  """(dataset, split, [(label, points)]) of the --series flags."""
+  series, kinds = [], set()
+  for text in texts:
+    label, sep, paths = text.partition('=')
+    if not (sep and label and paths):
+      raise ValueError(f"--series={text!r}: expected 'label=a.json,b.json'.")
+    series.append((label, read_points(paths.split(','), kinds)))
   if len(kinds) != 1:
-    raise ValueError(f'--reports mix datasets or eval splits: {sorted(kinds)}.')
+    raise ValueError(f'--series mix datasets or eval splits: {sorted(kinds)}.')
   (dataset, split), = kinds
-  return dataset, split, sorted(points)
+  return dataset, split, series
 
 
 def parse_anchor(text):
@@ -61,19 +76,22 @@ def parse_anchor(text):
     raise ValueError(f"--anchor={text!r}: expected 'label=eps:acc%,...'.") from e
 
 
-def plot(dataset, split, points, anchors, output, title=None):
+def plot(dataset, split, series, anchors, output, title=None):
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  eps, acc, real = zip(*points)
-  ax.plot(eps, [100 * a for a in acc], 'o-', label='dpgan_tf (this repo)')
-  for e, a in zip(eps, acc):
-    ax.annotate(f'{100 * a:.1f}', (e, 100 * a), textcoords='offset points',
-                xytext=(0, 6), ha='center', fontsize=8)
-  ax.axhline(100 * max(real), ls='--', c='gray',
-             label=f'real data ({100 * max(real):.1f}%)')
+  for label, points in series:
+    eps, acc, _ = zip(*points)
+    ax.plot(eps, [100 * a for a in acc], 'o-', label=label)
+    for e, a in zip(eps, acc):
+      ax.annotate(f'{100 * a:.1f}', (e, 100 * a), textcoords='offset points',
+                  xytext=(0, 6), ha='center', fontsize=8)
+  real = max(p[2] for _, points in series for p in points)
+  ax.axhline(100 * real, ls='--', c='gray',
+             label=f'real data ({100 * real:.1f}%)')
   for label, values in anchors:
     ax.plot(*zip(*[(e, 100 * a) for e, a in values]), 's:', label=label)
   ax.set_xscale('log')
-  ax.set_xticks(eps, [f'{e:.3g}' for e in eps])
+  ticks = sorted({p[0] for _, points in series for p in points})
+  ax.set_xticks(ticks, [f'{e:.3g}' for e in ticks])
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_xlabel('epsilon (delta = 1e-5)')
   ax.set_ylabel(f'downstream accuracy on {split} (%)')
@@ -88,16 +106,18 @@ def plot(dataset, split, points, anchors, output, title=None):
 def main(argv):
   del argv
   try:
-    if not FLAGS.reports or not FLAGS.output:
-      raise ValueError('--reports and --output are required.')
-    dataset, split, points = read_points(FLAGS.reports)
+    if not FLAGS.series or not FLAGS.output:
+      raise ValueError('--series and --output are required.')
+    dataset, split, series = read_series(FLAGS.series)
     anchors = [parse_anchor(a) for a in FLAGS.anchor]
-    plot(dataset, split, points, anchors, FLAGS.output, FLAGS.title)
+    plot(dataset, split, series, anchors, FLAGS.output, FLAGS.title)
   except ValueError as e:
     print(f'plot_accuracy_vs_epsilon.py: error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'Wrote {FLAGS.output}: ' + ', '.join(
-      f'eps {e:.3g}: {100 * a:.1f}%' for e, a, _ in points))
+  print(f'Wrote {FLAGS.output}: ' + '; '.join(
+      f'{label}: ' + ', '.join(f'eps {e:.3g}: {100 * a:.1f}%'
+                               for e, a, _ in points)
+      for label, points in series))
 
 
 if __name__ == '__main__':

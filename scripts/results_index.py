@@ -55,7 +55,8 @@ been removed from every committed log: it was computed without noise from
 the real batch, so it was not covered by the guarantee.
 """
 
-COLUMNS = ('run', 'report', 'split', 'ε', 'σ', 'critic steps', 'best of',
+COLUMNS = ('run', 'report', 'split', 'ε', 'warm start', 'σ', 'critic steps',
+           'best of',
            'classifier', 'accuracy %', 'mean ± s.d. % (draws)',
            'real ceiling %', 'domain FID (real)', 'precision / recall',
            'MIA AUC')
@@ -81,13 +82,28 @@ def report_figures(report):
   floor = report['fidelity']['domain']['real_reference']['fid']
   candidates = (report.get('export') or {}).get('sample_candidates') or 1
   return (report['held_out']['split'], f'{privacy["epsilon"]:.3f}',
-          f'{privacy["noise_multiplier"]:.3f}', str(privacy['critic_steps']),
+          warm_start_figures(privacy.get('warm_start')),
+          _or_dash(privacy['noise_multiplier'], '.3f'),
+          str(privacy['critic_steps']),
           str(candidates), f'v{report["downstream"]["architecture_version"]}',
           f'{100 * draws[0]["test_accuracy"]:.1f}', spread,
           f'{100 * metrics["accuracy_real"]:.1f}',
           f'{metrics["domain_fid"]:.2f} ({floor:.2f})',
           f'{metrics["domain_precision"]:.2f} / {metrics["domain_recall"]:.2f}',
-          f'{metrics["mia_auc"]:.3f}')
+          _or_dash(metrics['mia_auc'], '.3f'))
+
+
+def _or_dash(value, spec):
+  """A figure, or a dash where the run has none (no DP-SGD phase)."""
+  return '–' if value is None else format(value, spec)
+
+
+def warm_start_figures(warm):
+  """The warm start's release: its sigma, ε share and pre-training steps."""
+  if not warm:
+    return '–'
+  return (f'σ {warm["noise_multiplier"]:.3f}, {warm["epsilon_share"]:g} of '
+          f'ε, {warm["steps"]} steps')
 
 
 def run_rows(folder, link):

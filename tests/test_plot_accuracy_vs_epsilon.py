@@ -30,20 +30,23 @@ def _run(*args):
 def test_writes_a_png_with_the_points_in_epsilon_order(tmp_path):
   reports = [_report(tmp_path / f'{e}.json', e, a)
              for e, a in ((10.0, 0.70), (1.0, 0.55), (5.0, 0.66))]
+  other = _report(tmp_path / 'w.json', 2.0, 0.8)
   out = tmp_path / 'curve.png'
-  done = _run(f'--reports={",".join(reports)}', f'--output={out}',
-              '--anchor=DP-GAN=1:71.8,10:70.3')
+  done = _run(f'--series=ours={",".join(reports)}', f'--series=warm={other}',
+              f'--output={out}', '--anchor=DP-GAN=1:71.8,10:70.3')
   assert done.returncode == 0, done.stderr
-  assert 'eps 1: 55.0%, eps 5: 66.0%, eps 10: 70.0%' in done.stdout
+  assert ('ours: eps 1: 55.0%, eps 5: 66.0%, eps 10: 70.0%; warm: eps 2: '
+          '80.0%') in done.stdout
   with Image.open(out) as image:
     assert image.format == 'PNG' and image.size[0] > 300
 
 
 @pytest.mark.parametrize('second,anchor,message', [
-    (dict(dataset='mnist'), [], '--reports mix datasets or eval splits'),
-    (dict(split='validation'), [], '--reports mix datasets or eval splits'),
+    (dict(dataset='mnist'), [], '--series mix datasets or eval splits'),
+    (dict(split='validation'), [], '--series mix datasets or eval splits'),
     (None, [], 'missing.json is not a readable eval.py report'),
     (dict(), ['--anchor=DP-GAN:1=71'], "--anchor='DP-GAN:1=71'"),
+    (dict(), ['--series=b.json'], "--series='b.json': expected"),
 ])
 def test_bad_input_names_the_flag_and_writes_nothing(tmp_path, second, anchor,
                                                      message):
@@ -51,7 +54,8 @@ def test_bad_input_names_the_flag_and_writes_nothing(tmp_path, second, anchor,
   other = (str(tmp_path / 'missing.json') if second is None else
            _report(tmp_path / 'b.json', 1.0, 0.5, **second))
   out = tmp_path / 'curve.png'
-  done = _run(f'--reports={first},{other}', f'--output={out}', *anchor)
+  done = _run(f'--series=a={first}', f'--series=b={other}',
+              f'--output={out}', *anchor)
   assert done.returncode == 2
   assert message in done.stderr
   assert not out.exists()

@@ -32,7 +32,10 @@ print(json.dumps(parsed))
 
 
 def test_presets_parse_and_match_their_names():
-  paths = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*.flags')))
+  # configs/dpgan/: DP-GAN alone where a preset uses the warm start.
+  paths = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*.flags')) +
+                 glob.glob(os.path.join(REPO_ROOT, 'configs', 'dpgan',
+                                        '*.flags')))
   names = {os.path.basename(p) for p in paths}
   assert {f'{d}_eps{e}.flags' for d in ('mnist', 'fashion_mnist')
           for e in (1, 10)} <= names
@@ -52,3 +55,5 @@ def test_presets_parse_and_match_their_names():
     # Training examples past the first K are the validation split.
     assert 0 < config['max_train_examples'] < 60000
     assert config['seed'] is None  # Drawn from the OS unless given.
+    if os.path.basename(os.path.dirname(path)) == 'dpgan':
+      assert config['warm_start'] == 'none'

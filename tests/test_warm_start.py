@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dpgan_tf import config as config_lib
+from dpgan_tf import evaluation
 from dpgan_tf import export
 from dpgan_tf import privacy
 from dpgan_tf import training
@@ -260,6 +261,56 @@ def test_export_and_tensorboard_state_the_composed_total(straight_run):
   assert min(e for _, e in scalars['privacy/epsilon']) > warm['epsilon']
 
 
+def test_whole_budget_warm_start_has_no_dp_sgd_phase(tmp_path, tfds_dir):
+  config = warm_config(tmp_path, tfds_dir, warm_start_epsilon_share=1.0)
+  result = training.train(config)
+  assert (result.critic_steps, result.generator_steps) == (0, 0)
+  assert 'no DP-SGD phase' in result.message
+  meta = export.read_metadata(export.resolve_version_dir(config.export_dir))
+  warm = meta['warm_start']
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant.compose(dp_accounting.GaussianDpEvent(warm['noise_multiplier']))
+  assert meta['epsilon'] == result.epsilon == accountant.get_epsilon(
+      meta['delta'])
+  assert 5.0 * 0.999 <= meta['epsilon'] <= 5.0
+  assert (meta['noise_multiplier'], meta['critic_steps'],
+          warm['epsilon_share']) == (None, 0, 1.0)
+  assert meta['guarantee'].endswith(
+      f'one warm-start Gaussian release, sigma={warm["noise_multiplier"]:.4g},'
+      ' L2 sensitivity 1, no DP-SGD phase]')
+  # The export is the pre-trained generator (its moving average was set to
+  # it), and the critic was never updated.
+  final = os.path.join(config.model_dir, 'warm_start-7')
+  assert tf.train.latest_checkpoint(config.model_dir) == final
+  exported = tf.saved_model.load(export.resolve_version_dir(config.export_dir))
+  reader = tf.train.load_checkpoint(final)
+  kernel = [v for v in exported.generator.variables if 'kernel' in v.name][0]
+  assert any(np.array_equal(kernel.numpy(), reader.get_tensor(name))
+             for name, _ in tf.train.list_variables(final)
+             if name.startswith('generator_ema/') and 'kernel' in name)
+  assert evaluation.membership_skipped(config.model_dir, meta) == (
+      'no DP-SGD phase: the critic was never trained')
+  # Nothing is left to do: a rerun exports nothing new and spends nothing.
+  again = training.train(config)
+  assert (again.epsilon, again.export_path) == (result.epsilon, None)
+  # The DP-SGD phase's flags change nothing, so a preset can leave them out.
+  other = dataclasses.replace(
+      config, model_dir=str(tmp_path / 'other'),
+      export_dir=str(tmp_path / 'other_export'), critic_width=16, epochs=3,
+      n_critic=2, loss='wgan_gp', critic_lr=1e-3, generator_lr=1e-3,
+      generator_ema=0.0, l2_norm_clip=0.5)
+  training.train(other)
+  noise = tf.random.stateless_normal([8, config.latent_dim], [1, 2])
+  labels = tf.range(8) % 10
+  other_export = tf.saved_model.load(
+      export.resolve_version_dir(other.export_dir))
+  np.testing.assert_array_equal(
+      exported.serve(noise=noise, labels=labels)['images'],
+      other_export.serve(noise=noise, labels=labels)['images'])
+  # With no DP-SGD phase, a critic step would have no guarantee.
+  assert privacy.EpsilonCurve(0.0, 0.1, 1e-5, 1, 4.0)(1) == float('inf')
+
+
 def test_runs_without_a_warm_start_are_unchanged_and_refuse_one_later(
     tmp_path, tfds_dir):
   config = tiny_config(tmp_path, tfds_dir, epochs=0.5, target_epsilon=5.0,
@@ -277,9 +328,14 @@ def test_runs_without_a_warm_start_are_unchanged_and_refuse_one_later(
 @pytest.mark.parametrize('change,message', [
     (dict(warm_start='dp_merf'), "--warm_start='dp_merf': choose one of"),
     (dict(warm_start_epsilon_share=0.0),
-     '--warm_start_epsilon_share=0.0 must be in (0, 1)'),
-    (dict(warm_start_epsilon_share=1.0),
-     '--warm_start_epsilon_share=1.0 must be in (0, 1)'),
+     '--warm_start_epsilon_share=0.0 must be in (0, 1]'),
+    (dict(warm_start_epsilon_share=1.5),
+     '--warm_start_epsilon_share=1.5 must be in (0, 1]'),
+    (dict(warm_start_epsilon_share=1.0, sample_candidates=5),
+     '--sample_candidates=5 needs a trained critic'),
+    (dict(warm_start_epsilon_share=1.0, noise_multiplier=1.0),
+     '--noise_multiplier=1.0: with --warm_start_epsilon_share=1 there is no '
+     'DP-SGD phase'),
     (dict(warm_start_steps=0), '--warm_start_steps=0 must be >= 1'),
     (dict(warm_start_features=0), '--warm_start_features=0 must be >= 1'),
     (dict(warm_start_length_scale=0.0),
