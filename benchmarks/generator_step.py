@@ -63,9 +63,9 @@ from dpgan_tf import losses
 from dpgan_tf import privacy
 from dpgan_tf import training
 
-# The DP-GAN configurations (the ε = 1 presets have no DP-SGD phase).
+# The DP-GAN configurations (the warm-start presets have no DP-SGD phase).
 PRESETS = ('dpgan/mnist_eps1', 'mnist_eps10', 'dpgan/fashion_mnist_eps1',
-           'fashion_mnist_eps10')
+           'dpgan/fashion_mnist_eps10')
 # Variant -> (--compute_dtype, jit_compile).
 VARIANTS = {'today': ('float32', False), 'fp32': ('float32', False),
             'bf16': ('bfloat16', False), 'xla': ('float32', True)}

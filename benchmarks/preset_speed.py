@@ -32,9 +32,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import generator_step  # pylint: disable=g-import-not-at-top
 import multi_worker_scaling  # pylint: disable=g-import-not-at-top
 
-# The DP-GAN configurations (the ε = 1 presets have no DP-SGD phase).
+# The DP-GAN configurations (the warm-start presets have no DP-SGD phase).
 PRESETS = ('dpgan/mnist_eps1', 'mnist_eps10', 'dpgan/fashion_mnist_eps1',
-           'fashion_mnist_eps10')
+           'dpgan/fashion_mnist_eps10')
 DTYPES = ('float32', 'bfloat16')
 LOG_EVERY = 16
 
