@@ -376,7 +376,7 @@ def fit(c: config_lib.TrainConfig, model: gan.ConditionalDPGAN,
         sampler: batching.CriticBatchSampler, plan: PrivacyPlan, done: int,
         cbs: list) -> None:
   """Generator steps done..total, one Keras epoch per pass over the data."""
-  if not plan.planned_generator_steps:
+  if not c.has_dp_sgd_phase:
     logging.info('No DP-SGD phase: the warm start\'s release took the whole '
                  'budget (--warm_start_epsilon_share=1).')
     return
